@@ -1,0 +1,400 @@
+"""Batched ensemble of K feed-forward dynamics models (MB-MPO's learned simulator).
+
+All K models live in one module: layer ``l`` has weights ``[K, in, out]`` and
+biases ``[K, 1, out]`` and is applied with a single ``torch.baddbmm``, so a
+forward pass costs one kernel per layer regardless of K.
+
+Each model predicts the normalized state change ``(next_obs - obs)``, from
+normalized ``(obs, act)``. Both normalizers are recomputed from all the data
+at every :meth:`DynamicsEnsemble.fit`, which continues from the current
+weights (warm start; nothing is ever re-initialized).
+
+Training details (choices documented here because they matter for MB-MPO):
+
+* **Split.** Every ``fit`` draws, per model, its own random permutation of the
+  data: the first ``1 - valid_fraction`` are that model's training set, the
+  rest its validation set (``split_indices``). The split is redrawn on every
+  call, so after a warm start part of a model's validation set may have been
+  trained on before; its validation loss is then slightly optimistic. That
+  only affects the stopping point, never the data the policy sees.
+* **Early stopping (rolling average of the validation loss).** Before
+  the first epoch every model's validation MSE ``v_0`` is measured and the
+  rolling average starts at ``avg_0 = 1.5 * v_0`` (slack so that the first,
+  noisy epochs of a warm-started fit, where Adam's first steps can bump the
+  loss, do not stop it at once). After epoch ``e`` with validation MSE
+  ``v_e``, model k stops if ``v_e > avg_{e-1}`` (equivalently: the rolling
+  average would increase), otherwise
+  ``avg_e = decay * avg_{e-1} + (1 - decay) * v_e``. With ``decay = 0.99``
+  the average is very persistent: a fresh model whose loss falls steeply
+  essentially never triggers it within ~50 epochs; it fires when the
+  validation loss climbs back above its long-run level (over-fitting, as on
+  small or noisy datasets). Training ends when every model stopped or after
+  ``max_epochs``. A smaller decay (e.g. 0.9) stops much earlier.
+* **Best weights.** Each model keeps the weights of its lowest validation MSE
+  seen during the fit (including the starting weights), and these are
+  restored at the end. Models are independent (separate parameters; Adam is
+  element-wise), so restoring a stopped model's snapshot is exactly
+  equivalent to having frozen it; stopped models also get zero loss weight.
+* **Optimizer.** A fresh Adam (``lr``) per ``fit``: stale moments from the
+  previous dataset would otherwise kick the warm-started weights.
+
+The FIFO capacity of the dataset (1e5 transitions in the paper) belongs to the
+caller; :func:`mbmpo_core.store.fifo_tail` trims arrays to it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mbmpo_core.normalizer import Normalizer
+
+ArrayLike = np.ndarray | torch.Tensor
+
+_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": torch.relu,
+    "tanh": torch.tanh,
+    "swish": nn.functional.silu,
+    "silu": nn.functional.silu,
+    "elu": nn.functional.elu,
+}
+
+# Initial rolling average = slack * pre-training validation loss (see module doc).
+_ROLLING_INIT_SLACK = 1.5
+
+# Rows per forward chunk when evaluating whole datasets; bounds the hidden
+# activations to K * chunk * hidden floats (5 * 8192 * 512 * 4 B = 84 MB).
+_EVAL_CHUNK = 8192
+
+
+@dataclass
+class EpochInfo:
+    """What ``fit`` reports to its ``progress`` callback after every epoch.
+
+    All arrays are ``[K]`` numpy; MSEs are in normalized target units.
+    """
+
+    epoch: int
+    max_epochs: int
+    train_mse: np.ndarray
+    valid_mse: np.ndarray
+    active: np.ndarray
+
+
+@dataclass
+class FitReport:
+    """Result of :meth:`DynamicsEnsemble.fit` (arrays are ``[K]``, normalized MSE)."""
+
+    epochs: np.ndarray  # epochs each model was trained
+    train_mse: np.ndarray  # final (restored-weights) training MSE
+    valid_mse: np.ndarray  # final (restored-weights) validation MSE
+    initial_valid_mse: np.ndarray  # validation MSE before the first epoch
+    seconds: float
+    history_valid_mse: list[np.ndarray] = field(default_factory=list)  # one [K] per epoch
+
+
+class DynamicsEnsemble(nn.Module):
+    """K MLP dynamics models ``(obs, act) -> next_obs`` trained and queried in one batch.
+
+    Args:
+        obs_dim, act_dim: observation / action sizes.
+        num_models: K.
+        hidden_sizes: hidden layer widths (paper: 512, 512).
+        activation: one of ``relu, tanh, swish/silu, elu``.
+        lr: Adam learning rate.
+        batch_size: minibatch size per model.
+        valid_fraction: fraction of the data each model holds out for early stopping.
+        early_stop_decay: persistence of the rolling validation average (see module doc).
+        max_epochs: default epoch cap of :meth:`fit`.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...; all tensors live there.
+        seed: seeds the initialization and all of ``fit``'s randomness.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        num_models: int = 5,
+        hidden_sizes: tuple[int, ...] | list[int] = (512, 512),
+        activation: str = "relu",
+        lr: float = 1e-3,
+        batch_size: int = 500,
+        valid_fraction: float = 0.2,
+        early_stop_decay: float = 0.99,
+        max_epochs: int = 50,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; choose from {sorted(_ACTIVATIONS)}")
+        if not 0.0 < valid_fraction < 1.0:
+            raise ValueError(f"valid_fraction must be in (0, 1), got {valid_fraction}")
+        if num_models < 1 or batch_size < 1 or max_epochs < 1:
+            raise ValueError("num_models, batch_size and max_epochs must be >= 1")
+        self.obs_dim = int(obs_dim)
+        self.act_dim = int(act_dim)
+        self.num_models = int(num_models)
+        self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
+        self.activation = activation
+        self.lr = float(lr)
+        self.batch_size = int(batch_size)
+        self.valid_fraction = float(valid_fraction)
+        self.early_stop_decay = float(early_stop_decay)
+        self.max_epochs = int(max_epochs)
+        self.seed = int(seed)
+        self._act_fn = _ACTIVATIONS[activation]
+
+        self.input_normalizer = Normalizer(self.obs_dim + self.act_dim)
+        self.target_normalizer = Normalizer(self.obs_dim)
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        self._init_layers()
+        # Split of the latest fit: ([K, n_train], [K, n_valid]) row indices.
+        self.split_indices: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._fit_calls = 0
+        self.to(torch.device(device))
+
+    # ------------------------------------------------------------------ setup
+    def _init_layers(self) -> None:
+        gen = torch.Generator().manual_seed(self.seed)
+        sizes = [self.obs_dim + self.act_dim, *self.hidden_sizes, self.obs_dim]
+        for fan_in, fan_out in itertools.pairwise(sizes):
+            # Glorot uniform (the paper's TF default), independent draw per model.
+            bound = math.sqrt(6.0 / (fan_in + fan_out))
+            w = (torch.rand(self.num_models, fan_in, fan_out, generator=gen) * 2.0 - 1.0) * bound
+            self.weights.append(nn.Parameter(w))
+            self.biases.append(nn.Parameter(torch.zeros(self.num_models, 1, fan_out)))
+
+    @property
+    def device(self) -> torch.device:
+        device: torch.device = self.weights[0].device
+        return device
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments (device excluded), as stored by :meth:`save`."""
+        return {
+            "obs_dim": self.obs_dim,
+            "act_dim": self.act_dim,
+            "num_models": self.num_models,
+            "hidden_sizes": list(self.hidden_sizes),
+            "activation": self.activation,
+            "lr": self.lr,
+            "batch_size": self.batch_size,
+            "valid_fraction": self.valid_fraction,
+            "early_stop_decay": self.early_stop_decay,
+            "max_epochs": self.max_epochs,
+            "seed": self.seed,
+        }
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw network: normalized inputs ``x: [K, B, obs_dim + act_dim]`` ->
+        normalized deltas ``[K, B, obs_dim]`` (model k sees row k). Differentiable."""
+        last = len(self.weights) - 1
+        h = x
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            h = torch.baddbmm(b, h, w)
+            if i < last:
+                h = self._act_fn(h)
+        return h
+
+    @torch.no_grad()
+    def predict(self, obs: ArrayLike, act: ArrayLike) -> torch.Tensor:
+        """Next observations, model k on row k.
+
+        Args:
+            obs: ``[K, B, obs_dim]``; act: ``[K, B, act_dim]`` (torch on ``device``
+                for the fast path; numpy is converted).
+        Returns:
+            ``next_obs: [K, B, obs_dim]`` float32 torch tensor on ``device``.
+        """
+        o = self._as_tensor(obs)
+        a = self._as_tensor(act)
+        if o.ndim != 3 or o.shape[0] != self.num_models or o.shape[-1] != self.obs_dim:
+            raise ValueError(f"obs must be [{self.num_models}, B, {self.obs_dim}], got {tuple(o.shape)}")
+        if a.shape[:2] != o.shape[:2] or a.shape[-1] != self.act_dim:
+            raise ValueError(f"act must be [{self.num_models}, B, {self.act_dim}], got {tuple(a.shape)}")
+        x = self.input_normalizer.normalize(torch.cat([o, a], dim=-1))
+        return o + self.target_normalizer.denormalize(self(x))
+
+    @torch.no_grad()
+    def predict_all(self, obs: ArrayLike, act: ArrayLike) -> torch.Tensor:
+        """Every model on the same batch: ``obs: [B, obs_dim]``, ``act: [B, act_dim]``
+        -> ``[K, B, obs_dim]``."""
+        o = self._as_tensor(obs)
+        a = self._as_tensor(act)
+        k = self.num_models
+        return self.predict(o.unsqueeze(0).expand(k, -1, -1), a.unsqueeze(0).expand(k, -1, -1))
+
+    @torch.no_grad()
+    def validation_error(self, obs: ArrayLike, act: ArrayLike, next_obs: ArrayLike) -> torch.Tensor:
+        """Mean squared one-step error per model in raw observation units.
+
+        Args: ``obs, next_obs: [N, obs_dim]``, ``act: [N, act_dim]``.
+        Returns: ``[K]`` (mean over N and obs_dim).
+        """
+        o, a, n = self._as_tensor(obs), self._as_tensor(act), self._as_tensor(next_obs)
+        total = torch.zeros(self.num_models, device=self.device)
+        for start in range(0, o.shape[0], _EVAL_CHUNK):
+            sl = slice(start, start + _EVAL_CHUNK)
+            err = self.predict_all(o[sl], a[sl]) - n[sl].unsqueeze(0)
+            total += err.square().sum(dim=(1, 2))
+        return total / (o.shape[0] * self.obs_dim)
+
+    def _as_tensor(self, x: ArrayLike) -> torch.Tensor:
+        return torch.as_tensor(x, dtype=torch.float32, device=self.device)
+
+    # -------------------------------------------------------------------- fit
+    def fit(
+        self,
+        obs: ArrayLike,
+        act: ArrayLike,
+        next_obs: ArrayLike,
+        epochs: int | None = None,
+        progress: Callable[[EpochInfo], None] | None = None,
+        early_stop: bool = True,
+    ) -> FitReport:
+        """Train all models on ``obs, next_obs: [N, obs_dim]``, ``act: [N, act_dim]``.
+
+        Continues from the current weights. ``epochs`` caps this call (default
+        ``max_epochs``); ``early_stop=False`` runs exactly ``epochs`` epochs
+        (best-weight restoration still applies). ``progress`` is called after
+        every epoch with an :class:`EpochInfo`.
+        """
+        t0 = time.perf_counter()
+        max_epochs = self.max_epochs if epochs is None else int(epochs)
+        x, y = self._prepare_data(obs, act, next_obs)
+        gen = torch.Generator(device=self.device).manual_seed(self.seed + 7919 * self._fit_calls)
+        self._fit_calls += 1
+        train_idx, valid_idx = self._draw_split(x.shape[0], gen)
+        self.split_indices = (train_idx, valid_idx)
+        x_val, y_val = x[valid_idx], y[valid_idx]  # [K, n_valid, *]
+
+        best_mse = self._mse(x_val, y_val)
+        initial = best_mse.cpu().numpy()
+        best_state = [p.detach().clone() for p in self.parameters()]
+        rolling = best_mse * _ROLLING_INIT_SLACK
+        active = torch.ones(self.num_models, dtype=torch.bool, device=self.device)
+        epochs_run = np.zeros(self.num_models, dtype=np.int64)
+        history: list[np.ndarray] = []
+        optim = torch.optim.Adam(self.parameters(), lr=self.lr)
+
+        for epoch in range(max_epochs):
+            train_mse = self._train_epoch(x, y, train_idx, active, optim, gen)
+            valid_mse = self._mse(x_val, y_val)
+            epochs_run += active.cpu().numpy()
+            improved = valid_mse < best_mse
+            self._snapshot(best_state, improved & active)
+            best_mse = torch.where(improved & active, valid_mse, best_mse)
+            if early_stop:
+                active = active & ~(valid_mse > rolling)
+            decay = self.early_stop_decay
+            rolling = torch.where(active, decay * rolling + (1 - decay) * valid_mse, rolling)
+            history.append(valid_mse.cpu().numpy())
+            if progress is not None:
+                progress(EpochInfo(epoch + 1, max_epochs, train_mse.cpu().numpy(), history[-1], active.cpu().numpy()))
+            if not bool(active.any()):
+                break
+
+        self._restore(best_state)
+        final_train = self._mse(x[train_idx], y[train_idx]).cpu().numpy()
+        return FitReport(
+            epochs=epochs_run,
+            train_mse=final_train,
+            valid_mse=self._mse(x_val, y_val).cpu().numpy(),
+            initial_valid_mse=initial,
+            seconds=time.perf_counter() - t0,
+            history_valid_mse=history,
+        )
+
+    def _prepare_data(
+        self, obs: ArrayLike, act: ArrayLike, next_obs: ArrayLike
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Refit normalizers; return normalized inputs ``[N, in]`` and targets ``[N, obs_dim]``."""
+        o, a, n = self._as_tensor(obs), self._as_tensor(act), self._as_tensor(next_obs)
+        if o.ndim != 2 or o.shape[1] != self.obs_dim or n.shape != o.shape:
+            raise ValueError(f"obs/next_obs must be [N, {self.obs_dim}], got {tuple(o.shape)}, {tuple(n.shape)}")
+        if a.ndim != 2 or a.shape != (o.shape[0], self.act_dim):
+            raise ValueError(f"act must be [N, {self.act_dim}], got {tuple(a.shape)}")
+        if o.shape[0] < 2:
+            raise ValueError("need at least 2 transitions to split train/valid")
+        inputs = torch.cat([o, a], dim=-1)
+        deltas = n - o
+        self.input_normalizer.fit(inputs)
+        self.target_normalizer.fit(deltas)
+        return self.input_normalizer.normalize(inputs), self.target_normalizer.normalize(deltas)
+
+    def _draw_split(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Independent permutation per model -> ``([K, n_train], [K, n_valid])``."""
+        n_valid = min(n - 1, max(1, round(n * self.valid_fraction)))
+        keys = torch.rand(self.num_models, n, generator=gen, device=self.device)
+        perm = torch.argsort(keys, dim=1)
+        return perm[:, : n - n_valid], perm[:, n - n_valid :]
+
+    def _train_epoch(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        train_idx: torch.Tensor,
+        active: torch.Tensor,
+        optim: torch.optim.Optimizer,
+        gen: torch.Generator,
+    ) -> torch.Tensor:
+        """One pass over every model's own shuffled training rows; returns mean train MSE ``[K]``."""
+        n_train = train_idx.shape[1]
+        keys = torch.rand(self.num_models, n_train, generator=gen, device=self.device)
+        order = torch.gather(train_idx, 1, torch.argsort(keys, dim=1))
+        weight = active.to(x.dtype)
+        total = torch.zeros(self.num_models, device=self.device)
+        for start in range(0, n_train, self.batch_size):
+            idx = order[:, start : start + self.batch_size]  # [K, b]
+            per_model = (self(x[idx]) - y[idx]).square().mean(dim=(1, 2))  # [K]
+            optim.zero_grad(set_to_none=True)
+            # Sum, not mean, over models: each model's gradient is independent of K.
+            (per_model * weight).sum().backward()
+            optim.step()
+            total += per_model.detach() * idx.shape[1]
+        return total / n_train
+
+    @torch.no_grad()
+    def _mse(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-model normalized MSE of ``x: [K, M, in]`` against ``y: [K, M, obs_dim]`` -> ``[K]``."""
+        total = torch.zeros(self.num_models, device=self.device)
+        for start in range(0, x.shape[1], _EVAL_CHUNK):
+            sl = slice(start, start + _EVAL_CHUNK)
+            total += (self(x[:, sl]) - y[:, sl]).square().sum(dim=(1, 2))
+        return total / (x.shape[1] * y.shape[2])
+
+    @torch.no_grad()
+    def _snapshot(self, best_state: list[torch.Tensor], mask: torch.Tensor) -> None:
+        for saved, p in zip(best_state, self.parameters(), strict=True):
+            saved.copy_(torch.where(mask.view(-1, 1, 1), p, saved))
+
+    @torch.no_grad()
+    def _restore(self, best_state: list[torch.Tensor]) -> None:
+        for saved, p in zip(best_state, self.parameters(), strict=True):
+            p.copy_(saved)
+
+    # ---------------------------------------------------------------- persist
+    def save(self, path: str | Path) -> None:
+        """Write hyperparameters + weights + normalizers to ``path`` (torch format)."""
+        state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
+        torch.save({"format": "mbmpo-dynamics-ensemble-v1", "config": self.config(), "state_dict": state}, path)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> DynamicsEnsemble:
+        """Rebuild an ensemble saved with :meth:`save` on ``device``."""
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        model = cls(**blob["config"], device="cpu")
+        model.load_state_dict(blob["state_dict"])
+        return model.to(torch.device(device))

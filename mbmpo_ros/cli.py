@@ -1,0 +1,146 @@
+"""The ``mbmpo`` command line.
+
+    mbmpo train --config FILE [--task NAME] [--steps N] [--seed S] [--device cpu|cuda] [--run-dir DIR] [--resume DIR]
+
+Bad input (config, task name, paths) is one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.yaml"
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit code 2."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except UsageError as exc:
+        print(f"mbmpo: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mbmpo: interrupted; the run directory holds every stored transition and the last checkpoint",
+              file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mbmpo", description="Model-based meta-policy optimization (MB-MPO).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train MB-MPO on a MuJoCo task")
+    train.add_argument("--config", type=Path, default=None,
+                       help="YAML config (default: the paper's defaults, config/default.yaml)")
+    train.add_argument("--task", help="task name, e.g. HalfCheetah-v5 (overrides the config)")
+    train.add_argument("--steps", type=_positive_int, help="real environment steps (overrides loop.total_steps)")
+    train.add_argument("--seed", type=int, help="random seed (overrides the config)")
+    train.add_argument("--device", help="cpu or cuda[:N] (overrides the config)")
+    train.add_argument("--run-dir", type=Path, help="run directory (default: runs/<task>-s<seed>-<time>)")
+    train.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its checkpoint")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(func=_train)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _train(args: argparse.Namespace) -> int:
+    from mbmpo_core.config import ConfigError, load_config
+
+    config_path = args.config
+    if args.resume is not None:
+        config_path = _resume_config(args.resume, args.config)
+    try:
+        # The dataclass defaults equal config/default.yaml (a test holds them together); an installed
+        # (non-editable) package has no config/ beside it, so fall back to them.
+        if config_path is None and DEFAULT_CONFIG.is_file():
+            config_path = DEFAULT_CONFIG
+        config = load_config(config_path, task=args.task, seed=args.seed, device=args.device)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    if args.steps is not None:
+        config = _with_total_steps(config, args.steps)
+    task = _make_task(config.task, config.loop.horizon)
+    _check_device(config.device)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = args.resume or args.run_dir or Path("runs") / f"{config.task}-s{config.seed}-{stamp}"
+    return _run_training(config, task, Path(run_dir), resume=args.resume is not None, progress=not args.no_progress)
+
+
+def _resume_config(run_dir: Path, explicit: Path | None) -> Path:
+    if not (run_dir / "checkpoints" / "checkpoint.pt").is_file():
+        raise UsageError(f"--resume {run_dir}: no checkpoint at {run_dir / 'checkpoints' / 'checkpoint.pt'}")
+    return explicit if explicit is not None else run_dir / "config.yaml"
+
+
+def _with_total_steps(config: Any, steps: int) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(config, loop=dataclasses.replace(config.loop, total_steps=steps))
+
+
+def _make_task(name: str, horizon: int) -> Any:
+    from sim import make_task
+
+    try:
+        return make_task(name, horizon=horizon)
+    except ValueError as exc:
+        raise UsageError(str(exc).splitlines()[0]) from None
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"device '{device}' asked for, but this torch build sees no CUDA GPU")
+
+
+def _run_training(config: Any, task: Any, run_dir: Path, resume: bool, progress: bool) -> int:
+    from tqdm import tqdm
+
+    from mbmpo_core.trainer import Trainer
+
+    bar = tqdm(total=config.loop.total_steps, unit="step", desc=f"MB-MPO {config.task}", disable=not progress,
+               dynamic_ncols=True)
+    trainer = Trainer(config, task, run_dir, log=tqdm.write)
+    if resume:
+        trainer.load_checkpoint(run_dir)
+    bar.update(min(trainer.real_steps, config.loop.total_steps))
+    tqdm.write(f"run directory: {run_dir}")
+
+    def report(row: dict[str, float]) -> None:
+        bar.update(max(0, min(int(row["real_steps"]), config.loop.total_steps) - bar.n))
+        bar.set_postfix(pre=f"{row['return_pre']:.1f}", post=f"{row['return_post']:.1f}")
+        split = ", ".join(f"{k[5:]} {row[k]:.1f}s" for k in ("time_sample", "time_fit", "time_imagine",
+                                                            "time_inner", "time_outer", "time_eval"))
+        tqdm.write(f"iter {int(row['iteration'])}: real steps {int(row['real_steps'])}, return pre "
+                   f"{row['return_pre']:.1f} post {row['return_post']:.1f}, model valid loss "
+                   f"{row['model_valid_loss']:.4f} | {split}")
+
+    try:
+        trainer.train(config.loop.total_steps, on_iteration=report)
+    finally:
+        bar.close()
+        trainer.close()
+    tqdm.write(f"done: {trainer.real_steps} real steps; see {run_dir / 'progress.csv'} and "
+               f"{run_dir / 'learning_curve.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

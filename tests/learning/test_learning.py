@@ -1,0 +1,40 @@
+"""Learning regression: MB-MPO must pass a return threshold within a fixed real-step budget.
+
+InvertedPendulum-v5, horizon 100 (return = steps balanced, at most 100), 2000 real steps (1000 random +
+one iteration of 1000). A random policy balances ~8 steps; the threshold is 90.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mbmpo_core.config import load_config
+from mbmpo_core.sampler import RealSampler, uniform_random_actions
+from mbmpo_core.trainer import Trainer
+from sim import make_task
+
+CONFIG = Path(__file__).with_name("inverted_pendulum.yaml")
+THRESHOLD = 90.0
+
+pytestmark = pytest.mark.learning
+
+
+def test_random_policy_is_below_threshold() -> None:
+    task = make_task("InvertedPendulum-v5", horizon=100)
+    sampler = RealSampler([task.make_env(seed=0)], 100, task.action_low, task.action_high)
+    batch = sampler.sample(uniform_random_actions(task.action_low, task.action_high, np.random.default_rng(0)),
+                           1000, whole_episodes=True)
+    assert np.mean(batch.episode_returns) < 30.0
+
+
+def test_mbmpo_learns_inverted_pendulum_within_2000_steps(tmp_path: Path) -> None:
+    torch.set_num_threads(2)
+    config = load_config(CONFIG)
+    trainer = Trainer(config, make_task(config.task, horizon=config.loop.horizon), tmp_path, log=lambda _: None)
+    trainer.train(config.loop.total_steps)
+    rows = trainer.progress.rows()
+    assert rows[-1]["real_steps"] <= 2000
+    assert rows[-1]["return_pre"] >= THRESHOLD, rows
+    assert rows[-1]["return_post"] >= THRESHOLD, rows

@@ -1,0 +1,127 @@
+"""The training loop on a tiny problem: task-to-model mapping, imagination, determinism, exact resume."""
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mbmpo_core.config import Config, EnsembleConfig, LoopConfig, MetaConfig, PolicyConfig
+from mbmpo_core.imagination import imagine, task_models
+from mbmpo_core.trainer import Trainer, episodes_as_task
+from sim import make_task
+
+TINY = Config(
+    task="InvertedPendulum-v5",
+    ensemble=EnsembleConfig(num_models=2, hidden_sizes=(32, 32), batch_size=64, max_epochs=5),
+    policy=PolicyConfig(hidden_sizes=(16, 16)),
+    meta=MetaConfig(meta_batch_size=4, rollouts_per_task=4, meta_steps=2),
+    loop=LoopConfig(random_steps=200, steps_per_iter=200, total_steps=600, eval_episodes=1, horizon=20),
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def make_trainer(run_dir: Path, config: Config = TINY) -> Trainer:
+    return Trainer(config, make_task(config.task, horizon=config.loop.horizon), run_dir, log=lambda _: None)
+
+
+@pytest.mark.parametrize(("tasks", "models"), [(20, 5), (6, 3), (4, 4), (8, 1)])
+def test_every_model_gets_the_same_number_of_tasks(tasks: int, models: int) -> None:
+    mapping = task_models(tasks, models)
+    assert torch.bincount(mapping, minlength=models).tolist() == [tasks // models] * models
+
+
+def test_task_models_rejects_uneven_split() -> None:
+    with pytest.raises(ValueError, match="multiple"):
+        task_models(7, 5)
+
+
+def test_imagination_uses_model_of_each_task_and_masks_after_done(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path)
+    trainer.iteration()
+    m, n = 4, 3
+    params = {k: v.detach().unsqueeze(0).expand(m, *v.shape) for k, v in trainer.policy.params().items()}
+    start = torch.as_tensor(trainer.task.sample_initial_obs(m * n, np.random.default_rng(0)),
+                            dtype=torch.float32).reshape(m, n, -1)
+    traj = imagine(trainer.ensemble, trainer.policy, params, trainer.task, start, 10, 1e4, 1e4,
+                   generator=torch.Generator().manual_seed(0))
+    assert traj.obs.shape == (m, n, 10, 4) and traj.rewards.shape == (m, n, 10)
+    # Step 1 of task m must be model task_models[m]'s prediction from step 0.
+    executed = traj.act[:, :, 0].clamp(-3.0, 3.0)
+    every_model = trainer.ensemble.predict_all(traj.obs[:, :, 0].reshape(-1, 4), executed.reshape(-1, 1))
+    every_model = every_model.reshape(2, m, n, 4)
+    for task, model in enumerate(task_models(m, 2).tolist()):
+        torch.testing.assert_close(traj.obs[task, :, 1], every_model[model, task])
+    # Once dead, always dead, and dead steps earn nothing.
+    assert torch.all(traj.mask[..., 1:] <= traj.mask[..., :-1])
+    assert torch.all(traj.rewards[traj.mask == 0] == 0)
+
+
+def test_run_directory_and_progress(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path)
+    trainer.train(400)
+    rows = trainer.progress.rows()
+    assert [r["real_steps"] for r in rows] == [200.0, 400.0]
+    assert all(np.isfinite(r["return_pre"]) and np.isfinite(r["return_post"]) for r in rows)
+    for name in ("config.yaml", "progress.csv", "learning_curve.png", "checkpoints/checkpoint.pt"):
+        assert (tmp_path / name).is_file(), name
+    assert len(trainer.store) == 400
+
+
+def test_seeded_runs_are_identical(tmp_path: Path) -> None:
+    a, b = make_trainer(tmp_path / "a"), make_trainer(tmp_path / "b")
+    a.train(400)
+    b.train(400)
+    torch.testing.assert_close(a.policy.params_to_vector(), b.policy.params_to_vector(), rtol=0, atol=0)
+    assert _same_but_time(a, b)
+
+
+def _same_but_time(a: Trainer, b: Trainer) -> bool:
+    def numbers(t: Trainer) -> np.ndarray:
+        return np.array([[v for k, v in r.items() if not k.startswith("time_")] for r in t.progress.rows()])
+
+    x, y = numbers(a), numbers(b)
+    return x.shape == y.shape and bool(np.array_equal(x, y, equal_nan=True))
+
+
+def test_resume_is_exact(tmp_path: Path) -> None:
+    straight = make_trainer(tmp_path / "straight")
+    straight.train(600)
+    first = make_trainer(tmp_path / "resumed")
+    first.train(400)
+    first.close()
+    resumed = make_trainer(tmp_path / "resumed")
+    resumed.load_checkpoint(tmp_path / "resumed")
+    assert resumed.real_steps == 400
+    resumed.train(600)
+    torch.testing.assert_close(resumed.policy.params_to_vector(), straight.policy.params_to_vector(), rtol=0, atol=0)
+    assert _same_but_time(straight, resumed)
+    assert len(resumed.store) == 600
+
+
+def test_zero_inner_lr_is_me_trpo(tmp_path: Path) -> None:
+    config = replace(TINY, meta=replace(TINY.meta, inner_lr=0.0))
+    trainer = make_trainer(tmp_path, config)
+    trainer.train(400)
+    assert trainer.collect_params is not None
+    for name, adapted in trainer.collect_params.items():
+        # No inner step: every model's "adapted" policy is the same theta.
+        torch.testing.assert_close(adapted, adapted[:1].expand_as(adapted), rtol=0, atol=0, msg=name)
+
+
+def test_episodes_as_task_pads_with_zero_mask() -> None:
+    from mbmpo_core.sampler import RealBatch
+
+    steps = np.array([0, 1, 2, 0, 1])
+    batch = RealBatch(obs=np.arange(10.0).reshape(5, 2), act=np.zeros((5, 1)), act_raw=np.ones((5, 1)),
+                      next_obs=np.zeros((5, 2)), reward=np.arange(5.0), done=np.zeros(5, bool),
+                      env=np.zeros(5, np.int64), episode=np.array([0, 0, 0, 1, 1]), step=steps)
+    traj = episodes_as_task(batch, horizon=4, device=torch.device("cpu"))
+    assert traj.obs.shape == (1, 2, 4, 2)
+    assert traj.mask.tolist() == [[[1, 1, 1, 0], [1, 1, 0, 0]]]
+    assert traj.rewards.tolist() == [[[0, 1, 2, 0], [3, 4, 0, 0]]]
