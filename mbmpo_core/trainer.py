@@ -91,18 +91,31 @@ class Trainer:
                 on_iteration(row)
 
     def iteration(self) -> dict[str, float]:
-        """One MB-MPO iteration; returns its progress row."""
-        timer = Timer()
+        """One MB-MPO iteration on the simulated robot: collect real data, then :meth:`improve`."""
         t = time.perf_counter()
         train_returns = self._collect()
-        t = timer.add("sample", t)
+        return self.improve(train_returns, sample_seconds=time.perf_counter() - t)
+
+    def improve(self, train_returns: list[float] | None = None, sample_seconds: float = 0.0,
+                evaluate: bool = True) -> dict[str, float]:
+        """Fit the ensemble on every stored transition, meta-train, evaluate, checkpoint; returns the progress row.
+
+        The learner node calls this directly (its data arrives over ROS and is already in the store); it has no
+        env to evaluate on, so it passes ``evaluate=False`` and reports the robots' returns instead.
+        """
+        timer = Timer({"sample": sample_seconds})
+        t = time.perf_counter()
+        if self.iteration_index == 0:
+            # Fixed for the whole run (it is part of the exported policy): set from the warm-up data.
+            obs = self.store.load_all()["obs"]
+            self.policy.set_obs_normalizer(torch.as_tensor(obs.mean(0)), torch.as_tensor(obs.std(0)))
         fit = self._fit_ensemble()
         t = timer.add("fit", t)
         meta_stats = self._meta_train(timer)
         t = time.perf_counter()
-        return_pre, return_post = self._evaluate()
+        return_pre, return_post = self._evaluate() if evaluate else (float("nan"), float("nan"))
         timer.add("eval", t)
-        row = self._progress_row(train_returns, fit, meta_stats, return_pre, return_post, timer)
+        row = self._progress_row(train_returns or [], fit, meta_stats, return_pre, return_post, timer)
         self.iteration_index += 1
         self.progress.append(row)
         self.progress.plot(f"MB-MPO on {self.task.name}")
@@ -119,10 +132,6 @@ class Trainer:
             batch = self.sampler.sample(self._adapted_act_fn(self.collect_params),
                                         self.config.loop.steps_per_iter)
         self._store(batch)
-        if self.iteration_index == 0:
-            # Fixed for the whole run (it is part of the exported policy): set from the warm-up data.
-            data = self.store.load_all()
-            self.policy.set_obs_normalizer(torch.as_tensor(data["obs"].mean(0)), torch.as_tensor(data["obs"].std(0)))
         return batch.episode_returns
 
     def _store(self, batch: RealBatch) -> None:

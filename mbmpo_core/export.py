@@ -1,0 +1,367 @@
+"""Export a :class:`GaussianMLPPolicy` to ONNX: the policy graph and the inner-step (adapt) graph.
+
+The graphs are written by hand with ``onnx.helper`` (opset 17, IR version 8) rather than by
+``torch.onnx.export``: the forward pass is a few Gemm/Tanh nodes, the inner step needs the *analytic*
+backward pass as plain ops (onnxruntime has no autograd in inference builds), and hand-written graphs keep
+the parameter names (``l0.weight`` ... ``log_std``, dots kept) as the graph input names. The file layout and
+the metadata contract are documented in :mod:`mbmpo_core.onnx_runtime`, the torch-free side.
+
+Inner-step math (one task, ``N`` rows, ``c_n = mask_n * A_n / max(sum(mask), 1)``), i.e. the gradient of
+``J = sum_n c_n log pi(a_n | s_n)``, which equals ``grad`` of :func:`mbmpo_core.meta.pg_surrogate` at the
+sampling parameters (the ratio form has ``ratio = 1`` there)::
+
+    dJ/dmean_n   = c_n (a_n - mean_n) / std^2                       [N, A]
+    dJ/dlog_std  = sum_n c_n ((a_n - mean_n)^2 / std^2 - 1)         [A]
+    layer k (z = h W^T + b):  dW = delta^T h,  db = sum_n delta,  delta_prev = (delta W) * (1 - h^2)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from mbmpo_core.config import load_config
+from mbmpo_core.onnx_runtime import (
+    ACT_INPUT,
+    ADAPTED_PREFIX,
+    ADV_INPUT,
+    FORMAT_VERSION,
+    GRAD_PREFIX,
+    LOG_STD_OUTPUT,
+    MASK_INPUT,
+    MEAN_OUTPUT,
+    OBS_INPUT,
+    OBS_MEAN_CONST,
+    OBS_STD_CONST,
+    encode_metadata,
+    inner_lr_arrays,
+    policy_id,
+)
+from mbmpo_core.policy import GaussianMLPPolicy
+
+OPSET = 17
+IR_VERSION = 8  # onnxruntime >= 1.10 reads it; initializers double as overridable input defaults since IR 4
+InnerLr = float | Mapping[str, Any]  # a float, or per-parameter step sizes (tensors/arrays shaped like the params)
+
+
+class TaskMeta(Protocol):
+    """The task attributes the export needs (``sim.Task`` has them; a robot's task spec can too)."""
+
+    name: str
+    obs_names: Sequence[str]
+    act_names: Sequence[str]
+    joint_names: Sequence[str]
+    action_low: Any
+    action_high: Any
+    dt: float
+    horizon: int
+
+
+def adapt_file_name(path: str | Path) -> str:
+    """``policy.onnx -> policy.adapt.onnx`` (other names get ``.adapt.onnx`` appended)."""
+    name = Path(path).name
+    return name[: -len(".onnx")] + ".adapt.onnx" if name.endswith(".onnx") else name + ".adapt.onnx"
+
+
+def policy_numpy_params(policy: GaussianMLPPolicy) -> dict[str, np.ndarray]:
+    """The policy's parameters as float32 numpy arrays, in :meth:`param_names` order."""
+    return {k: v.detach().cpu().numpy().astype(np.float32) for k, v in policy.params().items()}
+
+
+def torch_policy_id(policy: GaussianMLPPolicy) -> str:
+    """:func:`mbmpo_core.onnx_runtime.policy_id` of the policy's current parameters."""
+    return policy_id(policy_numpy_params(policy), policy.param_names())
+
+
+# ---------------------------------------------------------------------------------------------- graph
+class _GraphBuilder:
+    """Accumulates nodes and constant initializers; intermediate names are generated."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._count = 0
+
+    def op(self, op_type: str, inputs: Sequence[str], output: str | None = None, **attrs: Any) -> str:
+        if output is None:
+            self._count += 1
+            output = f"{op_type.lower()}_{self._count}"
+        self.nodes.append(helper.make_node(op_type, list(inputs), [output], **attrs))
+        return output
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        self.initializers.append(numpy_helper.from_array(value, name))
+        return name
+
+
+def _layer_names(param_names: Sequence[str]) -> list[str]:
+    return [n[: -len(".weight")] for n in param_names if n.endswith(".weight")]
+
+
+def _forward(g: _GraphBuilder, layers: Sequence[str], mean_output: str) -> list[str]:
+    """Nodes of ``mean = tanh-MLP((obs - obs_mean) / obs_std)``; returns each layer's input ``h_k``."""
+    h = g.op("Div", [g.op("Sub", [OBS_INPUT, OBS_MEAN_CONST]), OBS_STD_CONST])
+    inputs: list[str] = []
+    for k, layer in enumerate(layers):
+        inputs.append(h)
+        last = k == len(layers) - 1
+        z = g.op("Gemm", [h, f"{layer}.weight", f"{layer}.bias"], mean_output if last else None, transB=1)
+        h = z if last else g.op("Tanh", [z])
+    return inputs
+
+
+def _backward(g: _GraphBuilder, layers: Sequence[str], hs: Sequence[str], mean: str) -> None:
+    """Nodes of ``grad.<name>`` for every parameter (see the module docstring for the math)."""
+    one, neg_two = g.const("const_one", np.array(1.0, np.float32)), g.const("const_neg_two", np.array(-2.0, np.float32))
+    axis0, axis1 = g.const("const_axis0", np.array([0], np.int64)), g.const("const_axis1", np.array([1], np.int64))
+    count = g.op("Max", [g.op("ReduceSum", [MASK_INPUT], keepdims=0), one])  # torch: clamp_min(1)
+    weight = g.op("Unsqueeze", [g.op("Div", [g.op("Mul", [MASK_INPUT, ADV_INPUT]), count]), axis1])  # c_n [N, 1]
+    inv_var = g.op("Exp", [g.op("Mul", ["log_std", neg_two])])
+    diff = g.op("Sub", [ACT_INPUT, mean])
+    delta = g.op("Mul", [g.op("Mul", [diff, inv_var]), weight])  # dJ/dmean [N, A]
+    z2_minus_1 = g.op("Sub", [g.op("Mul", [g.op("Mul", [diff, diff]), inv_var]), one])
+    g.op("ReduceSum", [g.op("Mul", [z2_minus_1, weight]), axis0], GRAD_PREFIX + "log_std", keepdims=0)
+    for k in reversed(range(len(layers))):
+        layer, h = layers[k], hs[k]
+        g.op("Gemm", [delta, h], f"{GRAD_PREFIX}{layer}.weight", transA=1)  # delta^T h: [out, in]
+        g.op("ReduceSum", [delta, axis0], f"{GRAD_PREFIX}{layer}.bias", keepdims=0)
+        if k > 0:  # h = tanh(z_prev), so dh/dz_prev = 1 - h^2
+            back = g.op("MatMul", [delta, f"{layer}.weight"])
+            delta = g.op("Mul", [back, g.op("Sub", [one, g.op("Mul", [h, h])])])
+
+
+def _tensor_info(name: str, shape: Sequence[int | str]) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))
+
+
+def _param_inputs(params: Mapping[str, np.ndarray]) -> tuple[list[onnx.ValueInfoProto], list[onnx.TensorProto]]:
+    """Parameter inputs plus same-named initializers: the trained values are the defaults."""
+    infos = [_tensor_info(k, v.shape) for k, v in params.items()]
+    inits = [numpy_helper.from_array(v, k) for k, v in params.items()]
+    return infos, inits
+
+
+def _normalizer_consts(g: _GraphBuilder, obs_mean: np.ndarray, obs_std: np.ndarray) -> None:
+    g.const(OBS_MEAN_CONST, obs_mean.astype(np.float32))
+    g.const(OBS_STD_CONST, obs_std.astype(np.float32))
+
+
+def _model(graph: onnx.GraphProto, metadata: Mapping[str, str]) -> onnx.ModelProto:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="mbmpo")
+    model.ir_version = IR_VERSION
+    helper.set_model_props(model, dict(metadata))
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def build_policy_model(
+    params: Mapping[str, np.ndarray], obs_mean: np.ndarray, obs_std: np.ndarray, metadata: Mapping[str, str]
+) -> onnx.ModelProto:
+    """Policy graph: ``obs [B, obs_dim]`` (+ optional param overrides) -> ``action_mean [B, A]``, ``log_std [A]``."""
+    g = _GraphBuilder()
+    _normalizer_consts(g, obs_mean, obs_std)
+    _forward(g, _layer_names(list(params)), MEAN_OUTPUT)
+    obs_dim, act_dim = obs_mean.shape[0], params["log_std"].shape[0]
+    infos, inits = _param_inputs(params)
+    # ``log_std`` is both an input and an output: the output echoes the default or the fed value.
+    outputs = [_tensor_info(MEAN_OUTPUT, ["batch", act_dim]), _tensor_info(LOG_STD_OUTPUT, [act_dim])]
+    graph = helper.make_graph(
+        g.nodes, "mbmpo_policy", [_tensor_info(OBS_INPUT, ["batch", obs_dim]), *infos], outputs,
+        initializer=inits + g.initializers,
+    )
+    return _model(graph, metadata)
+
+
+def build_adapt_model(
+    params: Mapping[str, np.ndarray],
+    obs_mean: np.ndarray,
+    obs_std: np.ndarray,
+    alphas: Mapping[str, np.ndarray],
+    metadata: Mapping[str, str],
+) -> onnx.ModelProto:
+    """Inner-step graph: params, ``obs [N, obs_dim]``, ``act [N, A]``, ``advantages [N]``, ``mask [N]`` ->
+    ``grad.<name>`` and ``adapted.<name> = <name> + alpha_<name> * grad.<name>`` (alphas are constants)."""
+    g = _GraphBuilder()
+    _normalizer_consts(g, obs_mean, obs_std)
+    layers = _layer_names(list(params))
+    hs = _forward(g, layers, "mean")
+    _backward(g, layers, hs, "mean")
+    outputs = [_tensor_info(GRAD_PREFIX + k, v.shape) for k, v in params.items()]
+    for name, value in params.items():
+        alpha = g.const(f"alpha.{name}", alphas[name])
+        g.op("Add", [name, g.op("Mul", [alpha, GRAD_PREFIX + name])], ADAPTED_PREFIX + name)
+        outputs.append(_tensor_info(ADAPTED_PREFIX + name, value.shape))
+    obs_dim, act_dim = obs_mean.shape[0], params["log_std"].shape[0]
+    data = [
+        _tensor_info(OBS_INPUT, ["n", obs_dim]), _tensor_info(ACT_INPUT, ["n", act_dim]),
+        _tensor_info(ADV_INPUT, ["n"]), _tensor_info(MASK_INPUT, ["n"]),
+    ]
+    infos, inits = _param_inputs(params)
+    graph = helper.make_graph(g.nodes, "mbmpo_adapt", [*data, *infos], outputs, initializer=inits + g.initializers)
+    return _model(graph, metadata)
+
+
+# ---------------------------------------------------------------------------------------------- export
+def _write_atomic(model: onnx.ModelProto, path: Path) -> None:
+    """Write beside the target and rename, so a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(model.SerializeToString())
+    os.replace(tmp, path)
+
+
+def _inner_lr_metadata(inner_lr: InnerLr) -> Any:
+    if isinstance(inner_lr, int | float):
+        return float(inner_lr)
+    return {k: np.asarray(_to_numpy(v), np.float64).tolist() for k, v in inner_lr.items()}
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+
+
+def export_policy(
+    policy: GaussianMLPPolicy,
+    path: str | Path,
+    *,
+    task_name: str,
+    obs_names: Sequence[str],
+    act_names: Sequence[str],
+    joint_names: Sequence[str],
+    action_low: Sequence[float] | np.ndarray,
+    action_high: Sequence[float] | np.ndarray,
+    control_rate_hz: float,
+    horizon: int,
+    inner_lr: InnerLr,
+    gamma: float,
+    gae_lambda: float,
+    iteration: int,
+    write_adapt: bool = True,
+) -> str:
+    """Write ``path`` (policy graph) and, beside it, :func:`adapt_file_name` (inner-step graph).
+
+    Args:
+        policy: the meta-policy (its normalizer buffers are baked into the graphs).
+        inner_lr: a float, or per-parameter step sizes shaped like the parameters (learned inner lr).
+        iteration: the learner iteration, stored as ``learner_iteration``.
+        write_adapt: False writes only the policy file (metadata ``adapt_file`` = "").
+
+    Returns:
+        the policy id (sha256 of the float32 parameters, see :func:`mbmpo_core.onnx_runtime.policy_id`).
+
+    Raises:
+        ValueError: names or bounds that do not match the policy's dims, or non-finite parameters.
+    """
+    params = policy_numpy_params(policy)
+    names = policy.param_names()
+    low, high = np.asarray(action_low, np.float64).reshape(-1), np.asarray(action_high, np.float64).reshape(-1)
+    _check_export_args(policy, params, obs_names, act_names, low, high, control_rate_hz)
+    pid = policy_id(params, names)
+    path = Path(path)
+    adapt_name = adapt_file_name(path) if write_adapt else ""
+    metadata = encode_metadata({
+        "format_version": FORMAT_VERSION, "task": task_name, "obs_names": list(obs_names),
+        "obs_dim": policy.obs_dim, "act_names": list(act_names), "act_dim": policy.act_dim,
+        "joint_names": list(joint_names), "action_low": low, "action_high": high,
+        "control_rate_hz": float(control_rate_hz), "horizon": int(horizon), "inner_lr": _inner_lr_metadata(inner_lr),
+        "gamma": float(gamma), "gae_lambda": float(gae_lambda), "policy_id": pid,
+        "learner_iteration": int(iteration), "param_names": names, "adapt_file": adapt_name,
+    })
+    obs_mean, obs_std = _to_numpy(policy.obs_mean), _to_numpy(policy.obs_std)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if write_adapt:
+        lr = inner_lr if isinstance(inner_lr, int | float) else {k: _to_numpy(v) for k, v in inner_lr.items()}
+        adapt = build_adapt_model(params, obs_mean, obs_std, inner_lr_arrays(lr, params), metadata)
+        _write_atomic(adapt, path.with_name(adapt_name))  # first: the policy file names it
+    _write_atomic(build_policy_model(params, obs_mean, obs_std, metadata), path)
+    return pid
+
+
+def _check_export_args(
+    policy: GaussianMLPPolicy,
+    params: Mapping[str, np.ndarray],
+    obs_names: Sequence[str],
+    act_names: Sequence[str],
+    low: np.ndarray,
+    high: np.ndarray,
+    control_rate_hz: float,
+) -> None:
+    if len(obs_names) != policy.obs_dim:
+        raise ValueError(f"{len(obs_names)} obs names for obs_dim {policy.obs_dim}")
+    if len(act_names) != policy.act_dim or len(low) != policy.act_dim or len(high) != policy.act_dim:
+        raise ValueError(f"act names / action bounds must have act_dim={policy.act_dim} entries")
+    if not np.all(low <= high):
+        raise ValueError("action_low > action_high")
+    if not control_rate_hz > 0 or not math.isfinite(control_rate_hz):
+        raise ValueError(f"control_rate_hz must be > 0, got {control_rate_hz}")
+    bad = [k for k, v in params.items() if not np.all(np.isfinite(v))]
+    if bad:
+        raise ValueError(f"non-finite policy parameters {bad}: refusing to export")
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+def _resolve_checkpoint(source: str | Path) -> tuple[Path, Path]:
+    """``(checkpoint file, config.yaml)`` from a run directory or a checkpoint file inside one."""
+    source = Path(source)
+    ckpt = source / "checkpoints" / "checkpoint.pt" if source.is_dir() else source
+    config = ckpt.parent.parent / "config.yaml"
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"no checkpoint at {ckpt}")
+    if not config.is_file():
+        raise FileNotFoundError(f"no config.yaml for {ckpt} (looked at {config})")
+    return ckpt, config
+
+
+def _task_meta(lookup: TaskMeta | Callable[[str], TaskMeta], name: str) -> TaskMeta:
+    """The task object itself, or what the lookup callable returns for ``name``."""
+    if hasattr(lookup, "obs_names"):
+        return lookup  # type: ignore[return-value]
+    assert callable(lookup)
+    return lookup(name)
+
+
+def _hidden_sizes(policy_state: Mapping[str, torch.Tensor]) -> tuple[int, ...]:
+    """Hidden widths from the weights themselves (``l0.weight``, ``l1.weight``, ...: ``[width, in]``)."""
+    widths: list[int] = []
+    while f"l{len(widths)}.weight" in policy_state:
+        widths.append(int(policy_state[f"l{len(widths)}.weight"].shape[0]))
+    return tuple(widths)
+
+
+def export_from_checkpoint(
+    run_dir_or_checkpoint: str | Path,
+    out_path: str | Path,
+    task_spec_lookup: TaskMeta | Callable[[str], TaskMeta],
+) -> str:
+    """Rebuild the meta-policy of a run (``config.yaml`` + ``checkpoints/checkpoint.pt``) and export it.
+
+    Args:
+        run_dir_or_checkpoint: a run directory, or its ``checkpoints/checkpoint.pt``.
+        out_path: the policy file to write (the adapt graph goes beside it).
+        task_spec_lookup: the task (an object with :class:`TaskMeta`'s attributes, e.g. ``sim.Task``) or a
+            callable mapping the config's task name to one (mbmpo_core must not import ``sim`` itself).
+
+    Returns:
+        the policy id. The architecture comes from the saved weights, the inner lr from the checkpoint (learned,
+        if it was learned), gamma / GAE lambda / horizon from the config; control rate ``1/dt``.
+    """
+    ckpt, config_path = _resolve_checkpoint(run_dir_or_checkpoint)
+    config = load_config(config_path)
+    task = _task_meta(task_spec_lookup, config.task)
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    policy = GaussianMLPPolicy(len(task.obs_names), len(task.act_names), _hidden_sizes(state["policy"]))
+    policy.load_state_dict(state["policy"])
+    alpha = state.get("meta", {}).get("alpha", config.meta.inner_lr)
+    return export_policy(
+        policy, out_path, task_name=task.name, obs_names=task.obs_names, act_names=task.act_names,
+        joint_names=task.joint_names, action_low=task.action_low, action_high=task.action_high,
+        control_rate_hz=1.0 / float(task.dt), horizon=config.loop.horizon, inner_lr=alpha,
+        gamma=config.meta.gamma, gae_lambda=config.meta.gae_lambda, iteration=int(state.get("iteration", 0)),
+    )
