@@ -28,6 +28,10 @@ class TaskSpec(Protocol):
     obs_dim: int
     act_dim: int
     horizon: int
+    dt: float  # control period in seconds
+    obs_names: list[str]
+    act_names: list[str]
+    joint_names: list[str]
     action_low: np.ndarray
     action_high: np.ndarray
 

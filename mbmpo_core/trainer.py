@@ -23,6 +23,7 @@ import torch
 from mbmpo_core.advantages import compute_advantages
 from mbmpo_core.config import Config, save_config
 from mbmpo_core.ensemble import DynamicsEnsemble
+from mbmpo_core.export import export_policy
 from mbmpo_core.imagination import Imagined, imagine
 from mbmpo_core.meta import Alpha, MetaOptimizer, RolloutBatch, inner_step
 from mbmpo_core.policy import GaussianMLPPolicy, Params
@@ -32,6 +33,7 @@ from mbmpo_core.store import TransitionStore
 from mbmpo_core.task import TaskSpec
 
 CHECKPOINT_NAME = "checkpoint.pt"
+POLICY_NAME = "policy.onnx"
 
 
 @dataclass
@@ -120,7 +122,17 @@ class Trainer:
         self.progress.append(row)
         self.progress.plot(f"MB-MPO on {self.task.name}")
         self.save_checkpoint()
+        self.export_policy(self.run_dir / POLICY_NAME)
         return row
+
+    def export_policy(self, path: str | Path) -> str:
+        """Write the meta-policy as ONNX (and its inner-step graph beside it); returns the policy id."""
+        m = self.config.meta
+        return export_policy(
+            self.policy, path, task_name=self.task.name, obs_names=self.task.obs_names,
+            act_names=self.task.act_names, joint_names=self.task.joint_names, action_low=self.task.action_low,
+            action_high=self.task.action_high, control_rate_hz=1.0 / self.task.dt, horizon=self.config.loop.horizon,
+            inner_lr=self.meta.alpha, gamma=m.gamma, gae_lambda=m.gae_lambda, iteration=self.iteration_index)
 
     # ------------------------------------------------------------- collection
     def _collect(self) -> list[float]:

@@ -1,6 +1,7 @@
 """The ``mbmpo`` command line.
 
     mbmpo train --config FILE [--task NAME] [--steps N] [--seed S] [--device cpu|cuda] [--run-dir DIR] [--resume DIR]
+    mbmpo export RUN_DIR|CHECKPOINT -o policy.onnx
 
 Bad input (config, task name, paths) is one line on stderr and exit code 2.
 """
@@ -49,7 +50,29 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=_train)
+    export = sub.add_parser("export", help="export a run's meta-policy as ONNX (with its inner-step graph)")
+    export.add_argument("source", type=Path, help="run directory or checkpoint file")
+    export.add_argument("-o", "--output", type=Path, required=True, help="policy file to write (.onnx)")
+    export.set_defaults(func=_export)
     return parser
+
+
+def _export(args: argparse.Namespace) -> int:
+    from mbmpo_core.config import ConfigError
+    from mbmpo_core.export import export_from_checkpoint
+
+    if not args.source.exists():
+        raise UsageError(f"{args.source}: no such run directory or checkpoint")
+    try:
+        policy_id = export_from_checkpoint(args.source, args.output, _task_for_export)
+    except (ConfigError, FileNotFoundError) as exc:
+        raise UsageError(str(exc).splitlines()[0]) from None
+    print(f"wrote {args.output} (policy id {policy_id})")
+    return 0
+
+
+def _task_for_export(name: str) -> Any:
+    return _make_task(name, horizon=1000)  # export reads names, bounds and dt; the horizon comes from the config
 
 
 def _positive_int(text: str) -> int:

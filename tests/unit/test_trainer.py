@@ -9,6 +9,7 @@ import torch
 
 from mbmpo_core.config import Config, EnsembleConfig, LoopConfig, MetaConfig, PolicyConfig
 from mbmpo_core.imagination import imagine, task_models
+from mbmpo_core.onnx_runtime import OnnxPolicy, validate_policy_file
 from mbmpo_core.trainer import Trainer, episodes_as_task
 from sim import make_task
 
@@ -68,8 +69,14 @@ def test_run_directory_and_progress(tmp_path: Path) -> None:
     rows = trainer.progress.rows()
     assert [r["real_steps"] for r in rows] == [200.0, 400.0]
     assert all(np.isfinite(r["return_pre"]) and np.isfinite(r["return_post"]) for r in rows)
-    for name in ("config.yaml", "progress.csv", "learning_curve.png", "checkpoints/checkpoint.pt"):
+    for name in ("config.yaml", "progress.csv", "learning_curve.png", "checkpoints/checkpoint.pt", "policy.onnx",
+                 "policy.adapt.onnx"):
         assert (tmp_path / name).is_file(), name
+    meta = validate_policy_file(tmp_path / "policy.onnx", expected_task="InvertedPendulum-v5")
+    assert meta["learner_iteration"] == 2
+    obs = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    np.testing.assert_allclose(OnnxPolicy(tmp_path / "policy.onnx").act(obs),
+                               trainer.policy(torch.as_tensor(obs)).detach().numpy(), atol=1e-5)
     assert len(trainer.store) == 400
 
 

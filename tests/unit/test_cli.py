@@ -1,0 +1,75 @@
+"""The mbmpo command line: one-line errors with exit code 2, and train -> resume -> export end to end."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mbmpo_core.onnx_runtime import validate_policy_file
+from mbmpo_ros.cli import main
+
+TINY = """
+task: InvertedPendulum-v5
+ensemble: {num_models: 2, hidden_sizes: [32, 32], batch_size: 64, max_epochs: 3}
+policy: {hidden_sizes: [8, 8]}
+meta: {meta_batch_size: 2, rollouts_per_task: 3, meta_steps: 1}
+loop: {random_steps: 100, steps_per_iter: 100, total_steps: 200, eval_episodes: 1, horizon: 20}
+"""
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def test_unknown_task_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--task", "Nope-v0", "--no-progress"]) == 2
+    assert "unknown task 'Nope-v0'" in error_line(capsys)
+
+
+def test_bad_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("meta: {max_kl: lots}\n")
+    assert main(["train", "--config", str(bad), "--no-progress"]) == 2
+    assert f"{bad}: 'meta.max_kl' must be float" in error_line(capsys)
+
+
+def test_missing_resume_checkpoint_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--resume", str(tmp_path), "--no-progress"]) == 2
+    assert "no checkpoint" in error_line(capsys)
+
+
+def test_cuda_without_gpu_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present")
+    assert main(["train", "--device", "cuda", "--no-progress"]) == 2
+    assert "no CUDA GPU" in error_line(capsys)
+
+
+def test_export_of_missing_run_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["export", str(tmp_path / "none"), "-o", str(tmp_path / "p.onnx")]) == 2
+    assert "no such run directory" in error_line(capsys)
+
+
+def test_train_resume_export(tmp_path: Path) -> None:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--run-dir", str(run), "--seed", "3", "--no-progress"]) == 0
+    rows = (run / "progress.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("iteration,real_steps,return_pre,return_post")
+    # Resume with a larger budget: one more iteration on top of the stored data and checkpoint.
+    assert main(["train", "--resume", str(run), "--steps", "300", "--no-progress"]) == 0
+    assert len((run / "progress.csv").read_text().splitlines()) == 4
+    out = tmp_path / "exported.onnx"
+    assert main(["export", str(run), "-o", str(out)]) == 0
+    meta = validate_policy_file(out, expected_task="InvertedPendulum-v5")
+    assert meta["learner_iteration"] == 3 and meta["horizon"] == 20
+    assert np.isclose(float(meta["inner_lr"]), 1e-3)
