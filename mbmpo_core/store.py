@@ -95,7 +95,8 @@ class TransitionStore:
     def __init__(self, root_dir: str | Path, obs_dim: int | None = None, act_dim: int | None = None) -> None:
         self.root = Path(root_dir)
         self.obs_dim, self.act_dim = self._open_meta(obs_dim, act_dim)
-        self._chunks: list[tuple[Path, int]] = []  # (path, transitions) of valid chunks
+        # Valid chunks in append order, decoded once: the trainer reads everything every iteration.
+        self._chunks: list[tuple[Path, dict[str, np.ndarray]]] = []
         self._next_index = 0
         self.refresh()
 
@@ -130,7 +131,7 @@ class TransitionStore:
         for _, path in found:
             batch = self._read_chunk(path)
             if batch is not None:
-                self._chunks.append((path, len(batch["obs"])))
+                self._chunks.append((path, batch))
         # Never reuse an index, not even a corrupt chunk's: it stays inspectable.
         self._next_index = found[-1][0] + 1 if found else 0
 
@@ -149,24 +150,22 @@ class TransitionStore:
         path = self.root / f"chunk-{self._next_index:09d}.mbt"
         _atomic_write(path, data)
         self._next_index += 1
-        self._chunks.append((path, len(arrays["obs"])))
+        self._chunks.append((path, _decode_chunk(data, self.obs_dim, self.act_dim)))
         return path
 
     # ----------------------------------------------------------------- read
     def __len__(self) -> int:
         """Number of transitions in the valid chunks."""
-        return sum(n for _, n in self._chunks)
+        return sum(len(batch["obs"]) for _, batch in self._chunks)
 
     @property
     def num_batches(self) -> int:
         return len(self._chunks)
 
     def iter_batches(self) -> Iterator[dict[str, np.ndarray]]:
-        """Yield each valid chunk in append order, every schema field filled (see :meth:`load_all`)."""
-        for path, _ in self._chunks:
-            batch = self._read_chunk(path)
-            if batch is not None:
-                yield batch
+        """Yield each valid chunk in append order, every schema field filled (see :meth:`load_all`); read-only."""
+        for _, batch in self._chunks:
+            yield batch
 
     def load_all(self) -> dict[str, np.ndarray]:
         """All transitions concatenated in append order.
