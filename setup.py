@@ -51,6 +51,8 @@ setup(
     entry_points={
         "console_scripts": [
             "mbmpo = mbmpo_ros.cli:main",
+            "sim_robot = mbmpo_ros.sim_robot:main",
+            "controller = mbmpo_ros.controller:main",
         ],
     },
 )

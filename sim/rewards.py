@@ -15,12 +15,18 @@ Shapes: ``obs``/``next_obs`` are ``[..., obs_dim]``, ``act`` is
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
-import torch
 
-Array = TypeVar("Array", np.ndarray, torch.Tensor)
+# torch is never imported here at run time: the on-robot controller computes rewards with numpy and must not
+# load torch. Tensors are handled through their own methods (isfinite, new_zeros, to).
+if TYPE_CHECKING:
+    import torch
+
+    Array = TypeVar("Array", np.ndarray, torch.Tensor)
+else:
+    Array = TypeVar("Array")
 
 
 # --- array-namespace shims: the only places numpy and torch differ ---------
@@ -28,25 +34,31 @@ Array = TypeVar("Array", np.ndarray, torch.Tensor)
 
 def _isfinite(x: Array) -> Array:
     """Elementwise finiteness mask, same shape and library as ``x``."""
-    if isinstance(x, torch.Tensor):
-        return torch.isfinite(x)
-    return np.isfinite(x)
+    if isinstance(x, np.ndarray):
+        return np.isfinite(x)
+    return _tensor(x).isfinite()
 
 
 def _no_done(x: Array) -> Array:
     """All-False mask ``[...]`` for ``x`` of shape ``[..., D]``."""
-    if isinstance(x, torch.Tensor):
-        return torch.zeros(x.shape[:-1], dtype=torch.bool, device=x.device)
-    return np.zeros(x.shape[:-1], dtype=bool)
+    if isinstance(x, np.ndarray):
+        return np.zeros(x.shape[:-1], dtype=bool)
+    return _tensor(x).new_zeros(x.shape[:-1]).bool()
 
 
 def _as_float(mask: Array, like: Array) -> Array:
     """Bool mask -> 0/1 floats with the dtype (and device) of ``like``."""
-    if isinstance(mask, torch.Tensor) and isinstance(like, torch.Tensor):
-        return mask.to(dtype=like.dtype)
     if isinstance(mask, np.ndarray) and isinstance(like, np.ndarray):
         return mask.astype(like.dtype)
+    if not isinstance(mask, np.ndarray) and not isinstance(like, np.ndarray):
+        return _tensor(mask).to(dtype=_tensor(like).dtype)
     raise TypeError("mask and like must both be numpy arrays or torch tensors")
+
+
+def _tensor(x: Any) -> Any:
+    if type(x).__module__.split(".")[0] != "torch":
+        raise TypeError(f"expected a numpy array or a torch tensor, got {type(x).__name__}")
+    return x
 
 
 # --- shared terms ------------------------------------------------------------

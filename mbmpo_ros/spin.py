@@ -1,0 +1,29 @@
+"""Run one node until Ctrl-C or an external shutdown, then clean up: shared by the node entry points."""
+
+from __future__ import annotations
+
+import rclpy
+from rclpy.executors import Executor, ExternalShutdownException
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
+from rclpy.node import Node
+
+
+def spin_until_shutdown(node: Node, executor: Executor) -> None:
+    """Spin ``node`` on ``executor``; a SIGINT/SIGTERM or ``rclpy.shutdown`` ends it cleanly.
+
+    rclpy's signal handler shuts the context down; if that happens while the executor builds its wait
+    set, rclpy raises a plain ``RCLError`` instead of ``ExternalShutdownException``: that is a clean exit
+    too, as long as the context is no longer valid.
+    """
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except _rclpy.RCLError:
+        if rclpy.ok(context=node.context):
+            raise
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()

@@ -1,0 +1,157 @@
+"""sim_robot + controller over real DDS, in-process, on InvertedPendulum-v5 (cheap physics)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from rclpy.parameter import Parameter
+
+from mbmpo_ros.codec import arrays_to_joint_state, decode_command, decode_transitions, encode_policy
+from mbmpo_ros.controller import Controller
+from mbmpo_ros.qos import COMMAND_QOS, DIAGNOSTICS_QOS, POLICY_QOS, STATE_PUB_QOS, TRANSITIONS_QOS
+from mbmpo_ros.sim_robot import SimRobot
+
+pytestmark = pytest.mark.ros
+
+TASK = "InvertedPendulum-v5"
+NS = "r1"
+
+
+def _add(graph: Any, node: Any) -> Any:
+    graph.nodes.append(node)
+    graph.executor.add_node(node)
+    return node
+
+
+def _params(**values: Any) -> list[Parameter]:
+    return [Parameter(k, value=v) for k, v in values.items()]
+
+
+def _sim(graph: Any, **overrides: Any) -> SimRobot:
+    params = _params(task=TASK, lockstep=True, lockstep_timeout_s=0.2, **overrides)
+    return _add(graph, SimRobot(context=graph.context, namespace=NS, parameter_overrides=params))
+
+
+def _controller(graph: Any, **overrides: Any) -> Controller:
+    values = {"task": TASK, "horizon": 15, "rate_hz": 200.0, "batch_size": 8, "state_timeout_s": 0.3, **overrides}
+    return _add(graph, Controller(context=graph.context, namespace=NS, parameter_overrides=_params(**values)))
+
+
+def _collect(graph: Any, topic: str, msg_type: Any, qos: Any) -> list[Any]:
+    got: list[Any] = []
+    graph.node("probe_" + topic.strip("/").replace("/", "_")).create_subscription(msg_type, topic, got.append, qos)
+    return got
+
+
+def _export(path: Path, task: Any, task_name: str) -> str:
+    from mbmpo_core.export import export_policy
+    from mbmpo_core.policy import GaussianMLPPolicy
+
+    policy = GaussianMLPPolicy(task.obs_dim, task.act_dim, hidden_sizes=(8,))
+    return export_policy(
+        policy, path, task_name=task_name, obs_names=task.obs_names, act_names=task.act_names,
+        joint_names=task.joint_names, action_low=task.action_low, action_high=task.action_high,
+        control_rate_hz=1.0 / task.dt, horizon=15, inner_lr=0.1, gamma=0.99, gae_lambda=1.0, iteration=0,
+        write_adapt=False,
+    )
+
+
+def test_lockstep_transitions_match_env(ros_graph: Any) -> None:
+    from std_msgs.msg import Float64MultiArray
+
+    batches = _collect(ros_graph, f"/{NS}/mbmpo/transitions", Float64MultiArray, TRANSITIONS_QOS)
+    sim = _sim(ros_graph)
+    ctrl = _controller(ros_graph)
+    assert ros_graph.spin_until(lambda: ctrl.book.episodes_done >= 2 and len(batches) >= 3, timeout=12.0)
+    decoded = [decode_transitions(m, expected_obs_dim=4, expected_act_dim=1) for m in batches]
+    assert [b.seq for b in decoded] == list(range(len(decoded)))
+    assert all(b.robot == NS and b.policy_id == "warmup-random" for b in decoded)
+    obs = np.concatenate([b.obs for b in decoded])
+    act = np.concatenate([b.act for b in decoded])
+    nxt = np.concatenate([b.next_obs for b in decoded])
+    rew = np.concatenate([b.reward for b in decoded])
+    np.testing.assert_allclose(rew, ctrl.task.reward(obs, act, nxt))
+    episodes = np.concatenate([b.episode for b in decoded])
+    assert episodes.max() >= 1 and sim.resets >= 3  # initial reset + one per finished episode
+    for e in np.unique(episodes):  # steps of each episode run 0, 1, 2, ... and pair consecutive states
+        rows = np.flatnonzero(episodes == e)
+        np.testing.assert_array_equal(np.concatenate([b.step for b in decoded])[rows], np.arange(len(rows)))
+        np.testing.assert_array_equal(obs[rows[1:]], nxt[rows[:-1]])
+    env_reward = {float(a[0]): r for a, r in sim.step_log}  # random actions are unique keys
+    np.testing.assert_allclose(rew, [env_reward[float(a)] for a in act[:, 0]], atol=1e-9)
+    assert np.all(np.abs(act) <= 3.0)
+
+
+def test_policy_late_joiner_then_rejections(ros_graph: Any, tmp_path: Path) -> None:
+    from diagnostic_msgs.msg import DiagnosticArray
+    from std_msgs.msg import Float64MultiArray, UInt8MultiArray
+
+    from sim import make_task
+
+    task = make_task(TASK, horizon=15)
+    pid = _export(tmp_path / "good.onnx", task, TASK)
+    pub = ros_graph.node("learner_stub").create_publisher(UInt8MultiArray, "/mbmpo/policy", POLICY_QOS)
+    pub.publish(encode_policy((tmp_path / "good.onnx").read_bytes(), pid))  # before the controller exists
+    batches = _collect(ros_graph, f"/{NS}/mbmpo/transitions", Float64MultiArray, TRANSITIONS_QOS)
+    diags = _collect(ros_graph, "/diagnostics", DiagnosticArray, DIAGNOSTICS_QOS)
+    _sim(ros_graph)
+    ctrl = _controller(ros_graph)
+
+    def saw_policy() -> bool:
+        return any(decode_transitions(m).policy_id == pid for m in batches) and any(
+            kv.key == "policy_id" and kv.value == pid for d in diags for s in d.status for kv in s.values
+        )
+
+    assert ros_graph.spin_until(saw_policy, timeout=8.0)
+    wrong_pid = _export(tmp_path / "wrong.onnx", task, "Hopper-v5")
+    # Depth 1 keeps only the latest policy: let each one arrive before sending the next.
+    pub.publish(encode_policy(os.urandom(500), "junk"))
+    assert ros_graph.spin_until(lambda: ctrl.rejected_policies >= 1, timeout=5.0)
+    pub.publish(encode_policy((tmp_path / "wrong.onnx").read_bytes(), wrong_pid))
+    assert ros_graph.spin_until(lambda: ctrl.rejected_policies >= 2, timeout=5.0)
+    n_before = len(batches)
+    assert ros_graph.spin_until(lambda: len(batches) >= n_before + 2, timeout=5.0)  # still running
+    assert ctrl.policy_id == pid
+    assert decode_transitions(batches[-1]).policy_id == pid
+
+
+def test_estop_stale_and_nan_hold(ros_graph: Any) -> None:
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import Bool, Float64MultiArray
+
+    ctrl = _controller(ros_graph, state_timeout_s=0.2)
+    commands: list[np.ndarray] = []
+    driver = ros_graph.node("driver")
+    driver.create_subscription(Float64MultiArray, f"/{NS}/command", lambda m: commands.append(decode_command(m, 1)),
+                               COMMAND_QOS)
+    state_pub = driver.create_publisher(JointState, f"/{NS}/joint_states", STATE_PUB_QOS)
+    estop_pub = driver.create_publisher(Bool, f"/{NS}/estop", COMMAND_QOS)
+    names = ctrl.task.obs_names
+
+    def send(obs: list[float]) -> None:
+        state_pub.publish(arrays_to_joint_state(names, np.array(obs), None, None, stamp=driver.get_clock().now()))
+
+    def run_with_states(obs: list[float], until: Any) -> bool:
+        for _ in range(100):
+            send(obs)
+            if ros_graph.spin_until(until, timeout=0.05):
+                return True
+        return False
+
+    assert run_with_states([0.0] * 4, lambda: len(commands) >= 5)
+    assert any(c[0] != 0.0 for c in commands)  # warm-up acts (random, never exactly 0)
+    estop_pub.publish(Bool(data=True))
+    assert run_with_states([0.0] * 4, lambda: ctrl.estop and ctrl.hold_counts["estop"] >= 3)
+    commands.clear()
+    assert run_with_states([0.0] * 4, lambda: len(commands) >= 3)
+    assert all(c[0] == 0.0 for c in commands)
+    estop_pub.publish(Bool(data=False))
+    assert run_with_states([0.0, float("nan"), 0.0, 0.0], lambda: not ctrl.estop and ctrl.hold_counts["bad_obs"] >= 3)
+    commands.clear()
+    assert ros_graph.spin_until(lambda: ctrl.hold_counts["stale_state"] >= 3 and len(commands) >= 3, timeout=3.0)
+    assert all(c[0] == 0.0 for c in commands)
+    assert ctrl.diagnostics()["hold.stale_state"] == str(ctrl.hold_counts["stale_state"])
