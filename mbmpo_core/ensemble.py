@@ -117,6 +117,7 @@ class DynamicsEnsemble(nn.Module):
         max_epochs: default epoch cap of :meth:`fit`.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...; all tensors live there.
         seed: seeds the initialization and all of ``fit``'s randomness.
+        ignored_obs: observation indices the models do not see as inputs (their deltas are still predicted).
     """
 
     def __init__(
@@ -133,6 +134,7 @@ class DynamicsEnsemble(nn.Module):
         max_epochs: int = 50,
         device: str | torch.device = "cpu",
         seed: int = 0,
+        ignored_obs: tuple[int, ...] | list[int] = (),
     ) -> None:
         super().__init__()
         if activation not in _ACTIVATIONS:
@@ -152,9 +154,12 @@ class DynamicsEnsemble(nn.Module):
         self.early_stop_decay = float(early_stop_decay)
         self.max_epochs = int(max_epochs)
         self.seed = int(seed)
+        self.ignored_obs = tuple(int(i) for i in ignored_obs)
         self._act_fn = _ACTIVATIONS[activation]
 
-        self.input_normalizer = Normalizer(self.obs_dim + self.act_dim)
+        # Ignored observation coordinates (e.g. absolute x) are zeroed at the input: the dynamics do not depend
+        # on them, and a walker that runs further than the data would otherwise leave the training range.
+        self.input_normalizer = Normalizer(self.obs_dim + self.act_dim, ignore=self.ignored_obs)
         self.target_normalizer = Normalizer(self.obs_dim)
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
@@ -194,6 +199,7 @@ class DynamicsEnsemble(nn.Module):
             "early_stop_decay": self.early_stop_decay,
             "max_epochs": self.max_epochs,
             "seed": self.seed,
+            "ignored_obs": list(self.ignored_obs),
         }
 
     # ---------------------------------------------------------------- forward

@@ -40,7 +40,7 @@ from mbmpo_core.onnx_runtime import (
     MEAN_OUTPUT,
     OBS_INPUT,
     OBS_MEAN_CONST,
-    OBS_STD_CONST,
+    OBS_SCALE_CONST,
     encode_metadata,
     inner_lr_arrays,
     policy_id,
@@ -107,8 +107,8 @@ def _layer_names(param_names: Sequence[str]) -> list[str]:
 
 
 def _forward(g: _GraphBuilder, layers: Sequence[str], mean_output: str) -> list[str]:
-    """Nodes of ``mean = tanh-MLP((obs - obs_mean) / obs_std)``; returns each layer's input ``h_k``."""
-    h = g.op("Div", [g.op("Sub", [OBS_INPUT, OBS_MEAN_CONST]), OBS_STD_CONST])
+    """Nodes of ``mean = tanh-MLP((obs - obs_mean) * obs_scale)``; returns each layer's input ``h_k``."""
+    h = g.op("Mul", [g.op("Sub", [OBS_INPUT, OBS_MEAN_CONST]), OBS_SCALE_CONST])
     inputs: list[str] = []
     for k, layer in enumerate(layers):
         inputs.append(h)
@@ -149,9 +149,9 @@ def _param_inputs(params: Mapping[str, np.ndarray]) -> tuple[list[onnx.ValueInfo
     return infos, inits
 
 
-def _normalizer_consts(g: _GraphBuilder, obs_mean: np.ndarray, obs_std: np.ndarray) -> None:
+def _normalizer_consts(g: _GraphBuilder, obs_mean: np.ndarray, obs_scale: np.ndarray) -> None:
     g.const(OBS_MEAN_CONST, obs_mean.astype(np.float32))
-    g.const(OBS_STD_CONST, obs_std.astype(np.float32))
+    g.const(OBS_SCALE_CONST, obs_scale.astype(np.float32))
 
 
 def _model(graph: onnx.GraphProto, metadata: Mapping[str, str]) -> onnx.ModelProto:
@@ -163,11 +163,11 @@ def _model(graph: onnx.GraphProto, metadata: Mapping[str, str]) -> onnx.ModelPro
 
 
 def build_policy_model(
-    params: Mapping[str, np.ndarray], obs_mean: np.ndarray, obs_std: np.ndarray, metadata: Mapping[str, str]
+    params: Mapping[str, np.ndarray], obs_mean: np.ndarray, obs_scale: np.ndarray, metadata: Mapping[str, str]
 ) -> onnx.ModelProto:
     """Policy graph: ``obs [B, obs_dim]`` (+ optional param overrides) -> ``action_mean [B, A]``, ``log_std [A]``."""
     g = _GraphBuilder()
-    _normalizer_consts(g, obs_mean, obs_std)
+    _normalizer_consts(g, obs_mean, obs_scale)
     _forward(g, _layer_names(list(params)), MEAN_OUTPUT)
     obs_dim, act_dim = obs_mean.shape[0], params["log_std"].shape[0]
     infos, inits = _param_inputs(params)
@@ -183,14 +183,14 @@ def build_policy_model(
 def build_adapt_model(
     params: Mapping[str, np.ndarray],
     obs_mean: np.ndarray,
-    obs_std: np.ndarray,
+    obs_scale: np.ndarray,
     alphas: Mapping[str, np.ndarray],
     metadata: Mapping[str, str],
 ) -> onnx.ModelProto:
     """Inner-step graph: params, ``obs [N, obs_dim]``, ``act [N, A]``, ``advantages [N]``, ``mask [N]`` ->
     ``grad.<name>`` and ``adapted.<name> = <name> + alpha_<name> * grad.<name>`` (alphas are constants)."""
     g = _GraphBuilder()
-    _normalizer_consts(g, obs_mean, obs_std)
+    _normalizer_consts(g, obs_mean, obs_scale)
     layers = _layer_names(list(params))
     hs = _forward(g, layers, "mean")
     _backward(g, layers, hs, "mean")
@@ -274,13 +274,13 @@ def export_policy(
         "gamma": float(gamma), "gae_lambda": float(gae_lambda), "policy_id": pid,
         "learner_iteration": int(iteration), "param_names": names, "adapt_file": adapt_name,
     })
-    obs_mean, obs_std = _to_numpy(policy.obs_mean), _to_numpy(policy.obs_std)
+    obs_mean, obs_scale = _to_numpy(policy.obs_mean), _to_numpy(policy.obs_scale)
     path.parent.mkdir(parents=True, exist_ok=True)
     if write_adapt:
         lr = inner_lr if isinstance(inner_lr, int | float) else {k: _to_numpy(v) for k, v in inner_lr.items()}
-        adapt = build_adapt_model(params, obs_mean, obs_std, inner_lr_arrays(lr, params), metadata)
+        adapt = build_adapt_model(params, obs_mean, obs_scale, inner_lr_arrays(lr, params), metadata)
         _write_atomic(adapt, path.with_name(adapt_name))  # first: the policy file names it
-    _write_atomic(build_policy_model(params, obs_mean, obs_std, metadata), path)
+    _write_atomic(build_policy_model(params, obs_mean, obs_scale, metadata), path)
     return pid
 
 

@@ -7,6 +7,8 @@ statistics while optimizers never touch them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from torch import nn
@@ -21,12 +23,15 @@ class Normalizer(nn.Module):
         dim: feature dimension.
         eps: lower bound on ``std``; constant features (e.g. a joint that never
             moves in the data) would otherwise blow up to inf/NaN.
+        ignore: features that :meth:`normalize` maps to 0 (inputs a model must not depend on, such as
+            the absolute position of a walker). :meth:`denormalize` is meaningless for them.
     """
 
     mean: torch.Tensor
     std: torch.Tensor
+    keep: torch.Tensor
 
-    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+    def __init__(self, dim: int, eps: float = 1e-6, ignore: Sequence[int] = ()) -> None:
         super().__init__()
         if dim <= 0:
             raise ValueError(f"dim must be positive, got {dim}")
@@ -34,6 +39,9 @@ class Normalizer(nn.Module):
         self.eps = float(eps)
         self.register_buffer("mean", torch.zeros(self.dim))
         self.register_buffer("std", torch.ones(self.dim))
+        keep = torch.ones(self.dim)
+        keep[list(ignore)] = 0.0
+        self.register_buffer("keep", keep)
 
     @torch.no_grad()
     def fit(self, data: ArrayLike) -> None:
@@ -49,7 +57,7 @@ class Normalizer(nn.Module):
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """``x: [..., dim]`` -> ``[..., dim]`` with zero mean / unit std over the fit data."""
-        return (x - self.mean) / self.std
+        return (x - self.mean) / self.std * self.keep
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`normalize`; ``x: [..., dim]`` -> ``[..., dim]``."""

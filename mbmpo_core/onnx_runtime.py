@@ -10,7 +10,7 @@ File contract (written by :func:`mbmpo_core.export.export_policy`):
   parameter input has an initializer of the same name holding the trained value, which onnxruntime uses
   when the input is not fed, so the same file evaluates ``theta`` and any adapted ``theta'``. Outputs
   ``action_mean [B, act_dim]`` and ``log_std [act_dim]``. The observation normalizer is baked in as the
-  constants ``obs_mean`` / ``obs_std``.
+  constants ``obs_mean`` / ``obs_scale`` (``(obs - obs_mean) * obs_scale``; scale 0 drops a coordinate).
 * ``policy.adapt.onnx`` (metadata ``adapt_file``): the inner step. Inputs: every parameter (same defaults),
   ``obs [N, obs_dim]``, ``act [N, act_dim]``, ``advantages [N]``, ``mask [N]``. Outputs ``grad.<name>``
   (gradient of ``J = sum(mask * A * log pi(act|obs)) / max(sum(mask), 1)``) and ``adapted.<name>`` =
@@ -38,7 +38,7 @@ FORMAT_VERSION = "1"
 SUPPORTED_FORMAT_VERSIONS = ("1",)
 OBS_INPUT, ACT_INPUT, ADV_INPUT, MASK_INPUT = "obs", "act", "advantages", "mask"
 MEAN_OUTPUT, LOG_STD_OUTPUT = "action_mean", "log_std"
-OBS_MEAN_CONST, OBS_STD_CONST = "obs_mean", "obs_std"
+OBS_MEAN_CONST, OBS_SCALE_CONST = "obs_mean", "obs_scale"
 GRAD_PREFIX, ADAPTED_PREFIX = "grad.", "adapted."
 
 # Metadata keys whose values are JSON (the others are plain strings).
@@ -135,7 +135,7 @@ class OnnxPolicy:
         metadata: decoded ``metadata_props`` (lists and numbers parsed from JSON).
         param_names: parameter names in the fixed export order.
         params: trained parameters (float32 numpy arrays) read from the initializers.
-        obs_mean, obs_std: the normalizer baked into the graph, ``[obs_dim]``.
+        obs_mean, obs_scale: the normalizer baked into the graph, ``[obs_dim]``.
         can_adapt: True if the adapt graph was found.
     """
 
@@ -145,8 +145,8 @@ class OnnxPolicy:
         self.metadata: dict[str, Any] = decode_metadata({p.key: p.value for p in model.metadata_props})
         self.param_names: list[str] = list(self.metadata["param_names"])
         self.params: dict[str, np.ndarray] = read_initializers(model, self.param_names)
-        norm = read_initializers(model, [OBS_MEAN_CONST, OBS_STD_CONST])
-        self.obs_mean, self.obs_std = norm[OBS_MEAN_CONST], norm[OBS_STD_CONST]
+        norm = read_initializers(model, [OBS_MEAN_CONST, OBS_SCALE_CONST])
+        self.obs_mean, self.obs_scale = norm[OBS_MEAN_CONST], norm[OBS_SCALE_CONST]
         self.obs_dim, self.act_dim = int(self.metadata["obs_dim"]), int(self.metadata["act_dim"])
         self._session = make_session(model)
         self._adapt_session: ort.InferenceSession | None = None
@@ -335,7 +335,7 @@ def _check_graph(path: Path, model: onnx.ModelProto, meta: dict[str, Any]) -> No
         raise _fail(path, f"obs input is not [B, {meta['obs_dim']}]")
     try:
         params = read_initializers(model, names)
-        norm = read_initializers(model, [OBS_MEAN_CONST, OBS_STD_CONST])
+        norm = read_initializers(model, [OBS_MEAN_CONST, OBS_SCALE_CONST])
     except KeyError as exc:
         raise _fail(path, f"missing initializer {exc}") from None
     if params["log_std"].shape != (meta["act_dim"],):
@@ -346,8 +346,8 @@ def _check_graph(path: Path, model: onnx.ModelProto, meta: dict[str, Any]) -> No
     for name, value in {**params, **norm}.items():
         if value.dtype != np.float32 or not np.all(np.isfinite(value)):
             raise _fail(path, f"parameter {name!r} is not finite float32")
-    if not np.all(norm[OBS_STD_CONST] > 0):
-        raise _fail(path, "obs_std must be > 0")
+    if not np.all(norm[OBS_SCALE_CONST] >= 0) or not np.any(norm[OBS_SCALE_CONST] > 0):
+        raise _fail(path, "obs_scale must be >= 0 with at least one observed coordinate")
     if policy_id(params, names) != meta["policy_id"]:
         raise _fail(path, "policy_id does not match the parameters")
 
@@ -375,7 +375,8 @@ def _check_inference(path: Path, meta: dict[str, Any]) -> None:
     rng = np.random.default_rng(0)
     zeros = np.zeros((1, policy.obs_dim), np.float32)
     # Observations at the training scale: the normalizer maps them to ~N(0, 1).
-    typical = (policy.obs_mean + policy.obs_std * rng.standard_normal((8, policy.obs_dim))).astype(np.float32)
+    std = np.divide(1.0, policy.obs_scale, out=np.ones_like(policy.obs_scale), where=policy.obs_scale > 0)
+    typical = (policy.obs_mean + std * rng.standard_normal((8, policy.obs_dim))).astype(np.float32)
     for obs in (zeros, typical):
         try:
             mean, log_std = policy.distribution(obs)

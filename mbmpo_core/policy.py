@@ -77,7 +77,7 @@ class GaussianMLPPolicy(nn.Module):
     """
 
     obs_mean: Tensor
-    obs_std: Tensor
+    obs_scale: Tensor
 
     def __init__(
         self,
@@ -101,7 +101,7 @@ class GaussianMLPPolicy(nn.Module):
         self.log_std = nn.Parameter(torch.full((act_dim,), math.log(init_std)))
         # Normalizer: fixed per iteration, not trained, so buffers rather than parameters.
         self.register_buffer("obs_mean", torch.zeros(obs_dim))
-        self.register_buffer("obs_std", torch.ones(obs_dim))
+        self.register_buffer("obs_scale", torch.ones(obs_dim))
         self._names = [f"{layer}.{p}" for layer in self._layer_names for p in ("weight", "bias")]
         self._names.append("log_std")
 
@@ -139,11 +139,17 @@ class GaussianMLPPolicy(nn.Module):
         for p, v in zip(self.params().values(), self.vector_to_params(vec).values(), strict=True):
             p.copy_(v)
 
-    def set_obs_normalizer(self, mean: Tensor, std: Tensor, min_std: float = 1e-6) -> None:
-        """Set the fixed observation normalizer; ``mean, std: [obs_dim]``."""
+    def set_obs_normalizer(self, mean: Tensor, std: Tensor, min_std: float = 1e-6,
+                           ignore: Sequence[int] = ()) -> None:
+        """Set the fixed observation normalizer ``(obs - mean) * scale`` with ``scale = 1 / std``.
+
+        ``mean, std: [obs_dim]``. Coordinates in ``ignore`` get scale 0: the policy does not see them (e.g. the
+        absolute x of a walker, which grows without bound while the task does not depend on it).
+        """
         self.obs_mean.copy_(torch.as_tensor(mean, dtype=self.obs_mean.dtype))
-        std_t = torch.as_tensor(std, dtype=self.obs_std.dtype)
-        self.obs_std.copy_(std_t.clamp_min(min_std))
+        scale = 1.0 / torch.as_tensor(std, dtype=self.obs_scale.dtype).clamp_min(min_std)
+        scale[list(ignore)] = 0.0
+        self.obs_scale.copy_(scale)
 
     def is_batched(self, params: Params) -> bool:
         """True if ``params`` carry a leading task dim (``log_std`` is ``[M, act_dim]``)."""
@@ -153,7 +159,7 @@ class GaussianMLPPolicy(nn.Module):
     def _mean(self, params: Params, obs: Tensor) -> Tensor:
         """Mean for unbatched params ``obs [..., obs_dim] -> [..., act_dim]``,
         or batched params with ``obs [M, B, obs_dim] -> [M, B, act_dim]``."""
-        h = (obs - self.obs_mean) / self.obs_std
+        h = (obs - self.obs_mean) * self.obs_scale
         for i, name in enumerate(self._layer_names):
             w, b = params[f"{name}.weight"], params[f"{name}.bias"]
             # [.., B, in] @ [.., in, out] + [.., 1, out]: same code for unbatched and [M, ...].

@@ -34,6 +34,7 @@ class TaskSpec(Protocol):
     joint_names: list[str]
     action_low: np.ndarray
     action_high: np.ndarray
+    position_obs: tuple[int, ...]  # absolute-position coordinates: no input of the models or the policy
 
     def reward(self, obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
         """obs: [B, obs_dim], act: [B, act_dim], next_obs: [B, obs_dim] -> [B]."""

@@ -65,7 +65,8 @@ class Trainer:
         self.ensemble = DynamicsEnsemble(
             task.obs_dim, task.act_dim, num_models=e.num_models, hidden_sizes=e.hidden_sizes,
             activation=e.activation, lr=e.lr, batch_size=e.batch_size, valid_fraction=e.valid_fraction,
-            early_stop_decay=e.early_stop_decay, max_epochs=e.max_epochs, device=self.device, seed=config.seed)
+            early_stop_decay=e.early_stop_decay, max_epochs=e.max_epochs, device=self.device, seed=config.seed,
+            ignored_obs=task.position_obs)
         self.policy = GaussianMLPPolicy(task.obs_dim, task.act_dim, p.hidden_sizes, p.init_std).to(self.device)
         self.meta = MetaOptimizer(self.policy, algo=m.algo, inner_lr=m.inner_lr, learn_inner_lr=m.learn_inner_lr,
                                   max_kl=m.max_kl, cg_iters=m.cg_iters, cg_damping=m.cg_damping,
@@ -110,7 +111,8 @@ class Trainer:
         if self.iteration_index == 0:
             # Fixed for the whole run (it is part of the exported policy): set from the warm-up data.
             obs = self.store.load_all()["obs"]
-            self.policy.set_obs_normalizer(torch.as_tensor(obs.mean(0)), torch.as_tensor(obs.std(0)))
+            self.policy.set_obs_normalizer(torch.as_tensor(obs.mean(0)), torch.as_tensor(obs.std(0)),
+                                           ignore=self.task.position_obs)
         fit = self._fit_ensemble()
         t = timer.add("fit", t)
         meta_stats = self._meta_train(timer)

@@ -115,6 +115,9 @@ class Task:
     action_high: np.ndarray
     env_kwargs: Mapping[str, Any] = field(repr=False)
     rules: TaskRules = field(repr=False)
+    # Observation coordinates the physics is invariant to (absolute position in the plane): only the reward
+    # reads them, through their change. Models and policies should not take them as inputs.
+    position_obs: tuple[int, ...] = ()
 
     @property
     def obs_dim(self) -> int:
@@ -198,6 +201,7 @@ def make_task(name: str, horizon: int = 1000) -> Task:
             action_high=np.array(space.high, dtype=np.float64),
             env_kwargs=kwargs,
             rules=_RULES[name](obs_names, dt),
+            position_obs=tuple(obs_names.index(n) for n in _POSITION_OBS.get(name, ())),
         )
     finally:
         env.close()
@@ -284,6 +288,14 @@ def _actuator_names(model: mujoco.MjModel) -> list[str]:
     joints = _actuated_joints(model)
     return [mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_ACTUATOR, a) or joints[a] for a in range(model.nu)]
 
+
+_POSITION_OBS: dict[str, tuple[str, ...]] = {
+    "HalfCheetah-v5": ("qpos.rootx",),
+    "Hopper-v5": ("qpos.rootx",),
+    "Walker2d-v5": ("qpos.rootx",),
+    "Swimmer-v5": ("qpos.slider1", "qpos.slider2"),
+    "Ant-v5": ("qpos.root.x", "qpos.root.y"),
+}
 
 _OBS_LAYOUT: dict[str, Callable[[mujoco.MjModel], list[str]]] = {
     "HalfCheetah-v5": _state_names,

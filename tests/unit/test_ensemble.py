@@ -194,3 +194,19 @@ def test_cuda_device_follows() -> None:
     out = model.predict_all(torch.zeros(3, 4, device="cuda"), torch.zeros(3, 2, device="cuda"))
     assert out.device.type == "cuda" and out.shape == (2, 3, 4)
     assert model.validation_error(obs, act, nxt).device.type == "cuda"
+
+
+def test_ignored_obs_is_not_an_input_but_its_delta_is_predicted() -> None:
+    ens = DynamicsEnsemble(3, 1, num_models=2, hidden_sizes=(16,), ignored_obs=(0,), seed=0)
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(200, 3))
+    act = rng.normal(size=(200, 1))
+    nxt = obs + 0.1 * np.c_[obs[:, 1], obs[:, 2], act[:, 0]]
+    ens.fit(obs, act, nxt, epochs=2)
+    o = torch.as_tensor(obs[:4], dtype=torch.float32).expand(2, -1, -1).clone()
+    a = torch.as_tensor(act[:4], dtype=torch.float32).expand(2, -1, -1)
+    shifted = o.clone()
+    shifted[..., 0] += 100.0
+    # Translation invariance: the predicted change is the same, the prediction moves with the input.
+    torch.testing.assert_close(ens.predict(shifted, a) - shifted, ens.predict(o, a) - o, rtol=0, atol=1e-4)
+    assert DynamicsEnsemble(**{**ens.config(), "device": "cpu"}).ignored_obs == (0,)

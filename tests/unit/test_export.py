@@ -65,7 +65,8 @@ def _export(policy: GaussianMLPPolicy, path: Path, inner_lr: Any = 1e-3, task: A
 def _obs(policy: GaussianMLPPolicy, n: int, seed: int = 1) -> np.ndarray:
     """Observations at the policy's training scale."""
     gen = torch.Generator().manual_seed(seed)
-    return (policy.obs_mean + policy.obs_std * torch.randn(n, OBS_DIM, generator=gen)).numpy().astype(np.float32)
+    std = 1.0 / policy.obs_scale
+    return (policy.obs_mean + std * torch.randn(n, OBS_DIM, generator=gen)).numpy().astype(np.float32)
 
 
 def _assert_close(actual: np.ndarray, expected: np.ndarray, what: str) -> float:

@@ -153,3 +153,14 @@ def test_adapted_params_stay_differentiable_in_theta() -> None:
     plain = torch.autograd.grad(policy.log_prob(obs, act, adapted).mean(), [adapted["log_std"]])[0]
     assert theta["log_std"].grad is not None
     assert not torch.allclose(theta["log_std"].grad, plain, atol=1e-6)
+
+
+def test_ignored_observation_does_not_change_the_action() -> None:
+    policy = GaussianMLPPolicy(4, 2)
+    policy.set_obs_normalizer(torch.zeros(4), torch.ones(4), ignore=[0])
+    obs = torch.randn(5, 4)
+    moved = obs.clone()
+    moved[:, 0] += 1e3  # a walker far outside the data
+    torch.testing.assert_close(policy(moved), policy(obs), rtol=0, atol=0)
+    moved[:, 1] += 1.0
+    assert not torch.allclose(policy(moved), policy(obs))

@@ -189,3 +189,11 @@ def test_sample_initial_obs_follows_reset_distribution() -> None:
     assert task.sample_initial_obs(0, np.random.default_rng(0)).shape == (0, task.obs_dim)
     ant = task_of("Ant-v5").sample_initial_obs(3, np.random.default_rng(0))
     assert ant.shape == (3, 107) and np.all(ant[:, 29:] == 0.0)  # no contact forces at reset
+
+
+def test_position_obs_are_the_planar_root_coordinates() -> None:
+    expected = {"HalfCheetah-v5": ["qpos.rootx"], "Ant-v5": ["qpos.root.x", "qpos.root.y"],
+                "InvertedPendulum-v5": [], "Reacher-v5": []}
+    for name, names in expected.items():
+        task = make_task(name, horizon=10)
+        assert [task.obs_names[i] for i in task.position_obs] == names
