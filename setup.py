@@ -53,6 +53,7 @@ setup(
             "mbmpo = mbmpo_ros.cli:main",
             "sim_robot = mbmpo_ros.sim_robot:main",
             "controller = mbmpo_ros.controller:main",
+            "learner = mbmpo_ros.learner:main",
         ],
     },
 )

@@ -76,6 +76,8 @@ class ProgressLog:
         steps = [r["real_steps"] for r in rows]
         ax.plot(steps, [r["return_pre"] for r in rows], marker="o", label="pre-adaptation (theta)")
         ax.plot(steps, [r["return_post"] for r in rows], marker="s", label="post-adaptation (theta')")
+        # Episodes of the data-collecting policies (the robots' own returns in the ROS learner).
+        ax.plot(steps, [r["return_train"] for r in rows], marker=".", ls=":", label="data collection")
         ax.set_xlabel("real environment steps")
         ax.set_ylabel("average return")
         ax.set_title(title)

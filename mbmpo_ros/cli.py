@@ -2,6 +2,7 @@
 
     mbmpo train --config FILE [--task NAME] [--steps N] [--seed S] [--device cpu|cuda] [--run-dir DIR] [--resume DIR]
     mbmpo export RUN_DIR|CHECKPOINT -o policy.onnx
+    mbmpo launch train --sim [--task T] [--robots N] [--run-dir DIR] [--config FILE] [--steps N]
 
 Bad input (config, task name, paths) is one line on stderr and exit code 2.
 """
@@ -23,6 +24,12 @@ class UsageError(Exception):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["launch"]:
+        # The launcher parses its own arguments (argparse's REMAINDER would swallow "-h" badly).
+        from mbmpo_ros.launcher import launch_main
+
+        return launch_main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     try:
@@ -54,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("source", type=Path, help="run directory or checkpoint file")
     export.add_argument("-o", "--output", type=Path, required=True, help="policy file to write (.onnx)")
     export.set_defaults(func=_export)
+    # Listed for --help only: main() hands "launch ..." to the launcher before parsing.
+    sub.add_parser("launch", help="start the ROS graph of launch/train.launch.py without a ROS 2 install "
+                                  "(mbmpo launch -h)")
     return parser
 
 

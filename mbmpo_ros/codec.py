@@ -27,9 +27,10 @@ Policies (``/mbmpo/policy``, ``std_msgs/UInt8MultiArray``), codec version 1::
 
     layout.dim[0]  label "codec=1"            size 0       stride 0
     layout.dim[1]  label "policy_id=<id>"     size 0       stride 0
-    layout.dim[2]  label "sha256=<64 hex>"    size 0       stride 0
-    layout.dim[3]  label "onnx"               size nbytes  stride nbytes
-    data           the ONNX file's bytes (its metadata_props hold the policy's own contract)
+    layout.dim[2]  label "sha256=<64 hex>"    size 0       stride 0    (of all of data)
+    layout.dim[3:] label "file=<name>.onnx"   size nbytes  stride nbytes   one per file, policy graph first
+    data           the files' bytes, concatenated in dim order: policy.onnx (its metadata_props hold the
+                   policy's own contract) and the inner-step graph it names (policy.adapt.onnx)
 
 Commands (``<ns>/command``, ``std_msgs/Float64MultiArray``): ``data`` = the action, one dim labelled
 ``"action"``; receivers check only the length, like a ros2_control forward command controller.
@@ -40,7 +41,7 @@ from __future__ import annotations
 import array
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -58,6 +59,7 @@ _FLAG_ADAPTED = 1
 _MAX_EXACT_INT = 2**53  # float64 holds every integer up to this exactly
 _MAX_ID_LEN = 256
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.onnx$")  # a plain name: never a path on the robot
 
 
 class CodecError(ValueError):
@@ -379,45 +381,70 @@ class SequenceTracker:
 
 
 # ------------------------------------------------------------------------------------------ policy
-def encode_policy(onnx_bytes: bytes, policy_id: str) -> Any:
-    """Encode an ONNX file as a ``std_msgs/UInt8MultiArray`` with a checked header (module docstring)."""
+def encode_policy(files: Mapping[str, bytes], policy_id: str) -> Any:
+    """Encode the files of one policy (``{file name: bytes}``, the policy graph first, e.g. ``policy.onnx`` and
+    ``policy.adapt.onnx``) as a ``std_msgs/UInt8MultiArray`` with a checked header (module docstring)."""
     from std_msgs.msg import MultiArrayDimension, UInt8MultiArray
 
-    payload = bytes(onnx_bytes)
-    if not payload or not policy_id:
-        raise CodecError("policy bytes and policy_id must be non-empty")
+    payloads = {name: bytes(data) for name, data in files.items()}
+    if not payloads or not all(payloads.values()) or not policy_id:
+        raise CodecError("policy files, their bytes and policy_id must be non-empty")
     _check_id("policy_id", policy_id)
-    if len(payload) >= 2**32:
+    for name in payloads:
+        if not _FILE_RE.match(name):
+            raise CodecError(f"policy file name {name!r} is not a plain '<name>.onnx'")
+    body = b"".join(payloads.values())
+    if len(body) >= 2**32:
         raise CodecError("policy larger than 4 GiB")
     msg = UInt8MultiArray()
     msg.layout.dim = [
         MultiArrayDimension(label=f"codec={POLICY_CODEC_VERSION}"),
         MultiArrayDimension(label=f"policy_id={policy_id}"),
-        MultiArrayDimension(label=f"sha256={hashlib.sha256(payload).hexdigest()}"),
-        MultiArrayDimension(label="onnx", size=len(payload), stride=len(payload)),
+        MultiArrayDimension(label=f"sha256={hashlib.sha256(body).hexdigest()}"),
+        *(MultiArrayDimension(label=f"file={name}", size=len(data), stride=len(data))
+          for name, data in payloads.items()),
     ]
     # array('B', bytes) is a memcpy; the message setter stores an array('B') as is.
-    msg.data = array.array("B", payload)
+    msg.data = array.array("B", body)
     return msg
 
 
-def decode_policy(msg: Any) -> tuple[bytes, str]:
-    """Return ``(onnx_bytes, policy_id)``; CodecError if the header, length or sha256 do not match."""
+def decode_policy(msg: Any) -> tuple[dict[str, bytes], str]:
+    """Return ``({file name: bytes}, policy_id)``, the policy graph first; CodecError if the header, a file
+    name, the lengths or the sha256 do not match."""
     dims = list(msg.layout.dim)
     labels = _parse_labels(dims, ("codec", "policy_id", "sha256"))
     _check_version(labels, POLICY_CODEC_VERSION)
-    if len(dims) != 4 or str(dims[3].label) != "onnx":
-        raise CodecError("policy layout must end with one 'onnx' dim")
     if not _SHA256_RE.match(labels["sha256"]):
         raise CodecError("sha256 label is not 64 lowercase hex digits")
     if not labels["policy_id"]:
         raise CodecError("empty policy_id")
+    sizes = _policy_file_dims(dims[3:])
     payload = bytes(msg.data)
-    if len(payload) != int(dims[3].size):
-        raise CodecError(f"policy has {len(payload)} bytes, header says {int(dims[3].size)} (truncated?)")
+    if len(payload) != sum(sizes.values()):
+        raise CodecError(f"policy has {len(payload)} bytes, header says {sum(sizes.values())} (truncated?)")
     if hashlib.sha256(payload).hexdigest() != labels["sha256"]:
         raise CodecError("policy sha256 mismatch (corrupted payload)")
-    return payload, labels["policy_id"]
+    files, offset = {}, 0
+    for name, size in sizes.items():
+        files[name] = payload[offset : offset + size]
+        offset += size
+    return files, labels["policy_id"]
+
+
+def _policy_file_dims(dims: Sequence[Any]) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    for dim in dims:
+        label = str(dim.label)
+        name = label[len("file=") :]
+        if not label.startswith("file=") or not _FILE_RE.match(name) or name in sizes:
+            raise CodecError(f"policy layout dim {label!r} is not a 'file=<name>.onnx' of a new file")
+        if int(dim.size) <= 0:
+            raise CodecError(f"policy file {name} has size {int(dim.size)}")
+        sizes[name] = int(dim.size)
+    if not sizes:
+        raise CodecError("policy message names no file")
+    return sizes
 
 
 # ------------------------------------------------------------------------------------------ joint states

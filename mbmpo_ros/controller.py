@@ -17,6 +17,7 @@ each state gets exactly one command and each transition pairs consecutive states
 from __future__ import annotations
 
 import collections
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,7 +38,7 @@ from mbmpo_core.onnx_runtime import OnnxPolicy, PolicyValidationError, validate_
 from mbmpo_ros.codec import CodecError, decode_policy, encode_command, encode_transitions
 from mbmpo_ros.qos import COMMAND_QOS, DIAGNOSTICS_QOS, POLICY_QOS, STATE_QOS, TRANSITIONS_QOS
 from mbmpo_ros.safety import EpisodeBook, HoldReason, SafetyChain, hold_reason, obs_from_joint_state
-from mbmpo_ros.spin import spin_until_shutdown
+from mbmpo_ros.spin import run_node
 
 
 def load_task(name: str, horizon: int) -> Any:
@@ -111,10 +112,14 @@ class Controller(Node):
 
     def _on_policy(self, msg: UInt8MultiArray) -> None:
         try:
-            payload, pid = decode_policy(msg)
+            files, pid = decode_policy(msg)
             self._policy_count += 1
-            path = Path(self._tmp.name) / f"policy_{self._policy_count}.onnx"
-            path.write_bytes(payload)
+            # Each policy in its own folder: the policy graph names its inner-step graph by a plain file name.
+            folder = Path(self._tmp.name) / str(self._policy_count)
+            folder.mkdir()
+            for name, data in files.items():
+                (folder / name).write_bytes(data)
+            path = folder / next(iter(files))
             validate_policy_file(path, self.task.name, self.task.obs_names, self.task.joint_names)
             policy = OnnxPolicy(path)
         except (CodecError, PolicyValidationError, OSError) as exc:
@@ -226,16 +231,18 @@ class Controller(Node):
         self._diag_pub.publish(msg)
 
     def destroy_node(self) -> None:
-        """Remove the temporary policy files with the node."""
-        self._tmp.cleanup()
+        """Remove the temporary policy files with the node (absent if the constructor failed early)."""
+        tmp = getattr(self, "_tmp", None)
+        if tmp is not None:
+            tmp.cleanup()
         super().destroy_node()
 
 
-def main(args: list[str] | None = None) -> None:
+def main(args: list[str] | None = None) -> int:
     """``ros2 run mbmpo_ros controller`` entry point."""
     rclpy.init(args=args)
-    spin_until_shutdown(Controller(), MultiThreadedExecutor(num_threads=2))
+    return run_node("controller", Controller, MultiThreadedExecutor(num_threads=2))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

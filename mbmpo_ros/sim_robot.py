@@ -21,6 +21,7 @@ like on a real robot, and physics keeps running after a task's termination condi
 from __future__ import annotations
 
 import json
+import sys
 import time
 from typing import Any
 
@@ -35,7 +36,7 @@ from std_srvs.srv import Trigger
 
 from mbmpo_ros.codec import CodecError, arrays_to_joint_state, decode_command
 from mbmpo_ros.qos import COMMAND_QOS, STATE_PUB_QOS
-from mbmpo_ros.spin import spin_until_shutdown
+from mbmpo_ros.spin import run_node
 
 _SIM_TIME_LIMIT = 10**9  # steps; effectively no TimeLimit truncation (the controller ends episodes)
 _WARN_PERIOD_S = 5.0
@@ -126,16 +127,18 @@ class SimRobot(Node):
         return response
 
     def destroy_node(self) -> None:
-        """Close the env with the node."""
-        self.env.close()
+        """Close the env with the node (absent if the constructor failed early)."""
+        env = getattr(self, "env", None)
+        if env is not None:
+            env.close()
         super().destroy_node()
 
 
-def main(args: list[str] | None = None) -> None:
+def main(args: list[str] | None = None) -> int:
     """``ros2 run mbmpo_ros sim_robot`` entry point."""
     rclpy.init(args=args)
-    spin_until_shutdown(SimRobot(), SingleThreadedExecutor())
+    return run_node("sim_robot", SimRobot, SingleThreadedExecutor())
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 import rclpy
 from rclpy.executors import Executor, ExternalShutdownException
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
@@ -27,3 +30,15 @@ def spin_until_shutdown(node: Node, executor: Executor) -> None:
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
+
+
+def run_node(name: str, make_node: Callable[[], Node], executor: Executor) -> int:
+    """Build a node and spin it; a bad parameter (``ValueError`` while building) is one line and exit code 2."""
+    try:
+        node = make_node()
+    except ValueError as exc:
+        print(f"{name}: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
+    spin_until_shutdown(node, executor)
+    return 0

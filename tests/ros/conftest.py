@@ -97,3 +97,9 @@ def ros_graph() -> Iterator[RosGraph]:
         yield graph
     finally:
         graph.close()
+
+
+@pytest.fixture
+def domain_id() -> int:
+    """A fresh domain id for a test that starts node processes itself (``ROS_DOMAIN_ID``)."""
+    return next_domain_id()

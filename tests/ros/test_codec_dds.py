@@ -83,13 +83,13 @@ def test_policy_reaches_late_joiner(ros_graph: Any) -> None:
 
     pub = ros_graph.node("learner").create_publisher(UInt8MultiArray, "/mbmpo/policy", POLICY_QOS)
     old, new = os.urandom(50_000), os.urandom(60_000)
-    pub.publish(encode_policy(old, "old"))
-    pub.publish(encode_policy(new, "new"))  # depth 1: only this one is kept for late joiners
+    pub.publish(encode_policy({"policy.onnx": old}, "old"))
+    pub.publish(encode_policy({"policy.onnx": new}, "new"))  # depth 1: only this one is kept for late joiners
     received: list[Any] = []
     ros_graph.node("controller").create_subscription(UInt8MultiArray, "/mbmpo/policy", received.append, POLICY_QOS)
     assert ros_graph.spin_until(lambda: len(received) >= 1, 5.0)
     ros_graph.spin_until(lambda: len(received) > 1, 0.3)  # would catch a replay of the old one
-    assert [decode_policy(m) for m in received] == [(new, "new")]
+    assert [decode_policy(m) for m in received] == [({"policy.onnx": new}, "new")]
 
 
 # rclpy's own handler for "incompatible QoS" events calls a deprecated logger method: expected noise here.

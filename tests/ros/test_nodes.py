@@ -56,8 +56,13 @@ def _export(path: Path, task: Any, task_name: str) -> str:
         policy, path, task_name=task_name, obs_names=task.obs_names, act_names=task.act_names,
         joint_names=task.joint_names, action_low=task.action_low, action_high=task.action_high,
         control_rate_hz=1.0 / task.dt, horizon=15, inner_lr=0.1, gamma=0.99, gae_lambda=1.0, iteration=0,
-        write_adapt=False,
     )
+
+
+def _policy_files(path: Path) -> dict[str, bytes]:
+    """What the learner publishes: the policy graph, then the inner-step graph beside it."""
+    adapt = path.with_suffix(".adapt.onnx")
+    return {path.name: path.read_bytes(), adapt.name: adapt.read_bytes()}
 
 
 def test_lockstep_transitions_match_env(ros_graph: Any) -> None:
@@ -95,7 +100,7 @@ def test_policy_late_joiner_then_rejections(ros_graph: Any, tmp_path: Path) -> N
     task = make_task(TASK, horizon=15)
     pid = _export(tmp_path / "good.onnx", task, TASK)
     pub = ros_graph.node("learner_stub").create_publisher(UInt8MultiArray, "/mbmpo/policy", POLICY_QOS)
-    pub.publish(encode_policy((tmp_path / "good.onnx").read_bytes(), pid))  # before the controller exists
+    pub.publish(encode_policy(_policy_files(tmp_path / "good.onnx"), pid))  # before the controller exists
     batches = _collect(ros_graph, f"/{NS}/mbmpo/transitions", Float64MultiArray, TRANSITIONS_QOS)
     diags = _collect(ros_graph, "/diagnostics", DiagnosticArray, DIAGNOSTICS_QOS)
     _sim(ros_graph)
@@ -109,9 +114,9 @@ def test_policy_late_joiner_then_rejections(ros_graph: Any, tmp_path: Path) -> N
     assert ros_graph.spin_until(saw_policy, timeout=8.0)
     wrong_pid = _export(tmp_path / "wrong.onnx", task, "Hopper-v5")
     # Depth 1 keeps only the latest policy: let each one arrive before sending the next.
-    pub.publish(encode_policy(os.urandom(500), "junk"))
+    pub.publish(encode_policy({"policy.onnx": os.urandom(500)}, "junk"))
     assert ros_graph.spin_until(lambda: ctrl.rejected_policies >= 1, timeout=5.0)
-    pub.publish(encode_policy((tmp_path / "wrong.onnx").read_bytes(), wrong_pid))
+    pub.publish(encode_policy(_policy_files(tmp_path / "wrong.onnx"), wrong_pid))
     assert ros_graph.spin_until(lambda: ctrl.rejected_policies >= 2, timeout=5.0)
     n_before = len(batches)
     assert ros_graph.spin_until(lambda: len(batches) >= n_before + 2, timeout=5.0)  # still running

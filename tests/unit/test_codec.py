@@ -225,8 +225,10 @@ def test_sequence_tracker_bounds_pending() -> None:
 # ------------------------------------------------------------------------------------------ policy
 def test_policy_round_trip_and_corruption() -> None:
     payload = bytes(range(256)) * 200
-    msg = encode_policy(payload, "abc123")
-    assert decode_policy(msg) == (payload, "abc123")
+    files = {"policy.onnx": payload, "policy.adapt.onnx": payload[::-1] + b"x"}
+    msg = encode_policy(files, "abc123")
+    decoded, policy_id = decode_policy(msg)
+    assert policy_id == "abc123" and decoded == files and list(decoded) == list(files)
     truncated = copy.deepcopy(msg)
     truncated.data = truncated.data[:-1]
     with pytest.raises(CodecError, match="truncated"):
@@ -244,7 +246,17 @@ def test_policy_round_trip_and_corruption() -> None:
     with pytest.raises(CodecError, match="header labels"):
         decode_policy(nolabels)
     with pytest.raises(CodecError):
-        encode_policy(b"", "x")
+        encode_policy({"policy.onnx": b""}, "x")
+    with pytest.raises(CodecError, match="plain"):
+        encode_policy({"../etc/passwd.onnx": b"x"}, "x")
+    evil = copy.deepcopy(msg)
+    evil.layout.dim[3].label = "file=../../x.onnx"
+    with pytest.raises(CodecError, match="file="):
+        decode_policy(evil)
+    twice = copy.deepcopy(msg)
+    twice.layout.dim[4].label = twice.layout.dim[3].label
+    with pytest.raises(CodecError, match="new file"):
+        decode_policy(twice)
 
 
 # ------------------------------------------------------------------------------------------ joints, commands

@@ -1,0 +1,302 @@
+"""The ``learner`` node: persists every transition the robots send, trains MB-MPO on them, publishes policies.
+
+    <ns>/mbmpo/transitions (each robot) --> ingest (decode, check, de-duplicate, persist)  [executor thread]
+                                             |  enough new data
+                                             v
+                              worker thread: Trainer.improve -> export policy.onnx -> /mbmpo/policy (latched)
+
+The subscription callback never waits for training: it only decodes and appends to the store. Status goes to
+``/diagnostics`` once a second.
+
+Parameters: ``config`` (mbmpo YAML; default the package's config/default.yaml), ``task`` and ``seed``
+(override the config), ``run_dir``, ``robots`` (namespaces), ``min_new_steps`` (0: loop.steps_per_iter),
+``resume``, ``exit_after_steps`` (0: never), ``shutdown_timeout_s``.
+
+Run: ``python -m mbmpo_ros.learner --ros-args -p task:=InvertedPendulum-v5 -p run_dir:=runs/x``.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from std_msgs.msg import Float64MultiArray, UInt8MultiArray
+
+from mbmpo_core.config import Config, load_config
+from mbmpo_core.trainer import CHECKPOINT_NAME, Trainer
+from mbmpo_ros.codec import encode_policy
+from mbmpo_ros.ingest import Ingest, IngestResult
+from mbmpo_ros.qos import DIAGNOSTICS_QOS, POLICY_QOS, TRANSITIONS_QOS
+
+POLICY_TOPIC = "/mbmpo/policy"
+POLICY_FILE = "policy.onnx"
+PACKAGE = "mbmpo_ros"
+
+
+def default_config_path() -> str:
+    """config/default.yaml from the installed share directory, else from the source tree ("" if neither)."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        shared = Path(get_package_share_directory(PACKAGE)) / "config" / "default.yaml"
+        if shared.is_file():
+            return str(shared)
+    except (ImportError, LookupError, ValueError, OSError):
+        pass  # not installed by colcon: use the source tree
+    repo = Path(__file__).resolve().parent.parent / "config" / "default.yaml"
+    return str(repo) if repo.is_file() else ""
+
+
+def transitions_topic(namespace: str) -> str:
+    """Absolute transitions topic of a robot namespace (``robot_0`` -> ``/robot_0/mbmpo/transitions``)."""
+    ns = "/" + namespace.strip("/")
+    return (ns if ns != "/" else "") + "/mbmpo/transitions"
+
+
+class Learner(Node):
+    """MB-MPO learner node; ``node_kwargs`` go to :class:`rclpy.node.Node` (context, parameter_overrides...)."""
+
+    def __init__(self, **node_kwargs: Any) -> None:
+        super().__init__("learner", **node_kwargs)
+        self._declare_parameters()
+        self.config = self._load_config()
+        self.run_dir = self._run_dir()
+        self.resume = bool(self._param("resume"))
+        self.trainer = self._make_trainer()
+        self.ingest = Ingest(self.trainer.store, self.trainer.task.obs_dim, self.trainer.task.act_dim)
+        self.min_new_steps = int(self._param("min_new_steps")) or self.config.loop.steps_per_iter
+        self.exit_after_steps = int(self._param("exit_after_steps"))
+        self.shutdown_timeout_s = float(self._param("shutdown_timeout_s"))
+        # Transitions the last iteration trained on (a resumed run counts what it already has as used).
+        self.steps_at_last_iteration = len(self.trainer.store) if self.trainer.iteration_index > 0 else 0
+        self.last_policy_id = ""
+        self.state = "waiting for data"
+        self.last_error = ""
+        self.finished = threading.Event()  # exit_after_steps reached and the last iteration done
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._policy_pub = self.create_publisher(UInt8MultiArray, POLICY_TOPIC, POLICY_QOS)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", DIAGNOSTICS_QOS)
+        self.robots = [str(r) for r in self._param("robots")]
+        self._subs = [self._subscribe(robot) for robot in self.robots]
+        self._diag_timer = self.create_timer(1.0, self.publish_diagnostics)
+        if self.resume:
+            self.last_policy_id = self.publish_latest()
+        self._worker = threading.Thread(target=self._worker_loop, name="mbmpo-learner-train", daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f"learner: task {self.trainer.task.name}, run_dir {self.run_dir}, robots {self.robots}, "
+            f"{len(self.trainer.store)} stored transitions, iteration {self.trainer.iteration_index}")
+
+    # ------------------------------------------------------------------ setup
+    def _declare_parameters(self) -> None:
+        self.declare_parameter("config", "")  # "" = default_config_path()
+        self.declare_parameter("task", "")
+        self.declare_parameter("run_dir", "")
+        self.declare_parameter("robots", ["robot_0"])
+        self.declare_parameter("min_new_steps", 0)
+        self.declare_parameter("seed", -1)
+        self.declare_parameter("resume", False)
+        self.declare_parameter("exit_after_steps", 0)
+        self.declare_parameter("shutdown_timeout_s", 10.0)
+
+    def _param(self, name: str) -> Any:
+        return self.get_parameter(name).value
+
+    def _load_config(self) -> Config:
+        path = str(self._param("config")) or default_config_path() or None
+        seed = int(self._param("seed"))
+        return load_config(path, task=str(self._param("task")) or None, seed=seed if seed >= 0 else None)
+
+    def _run_dir(self) -> Path:
+        given = str(self._param("run_dir"))
+        if given:
+            return Path(given)
+        return Path("runs") / f"learner-{self.config.task}-s{self.config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+    def _make_trainer(self) -> Trainer:
+        from sim import make_task
+
+        task: Any = make_task(self.config.task, horizon=self.config.loop.horizon)  # sim.Task has TaskSpec's fields
+        trainer = Trainer(self.config, task, self.run_dir, log=self._log_info)
+        has_checkpoint = (self.run_dir / "checkpoints" / CHECKPOINT_NAME).is_file()
+        if not self.resume and (len(trainer.store) or has_checkpoint):
+            raise ValueError(f"{self.run_dir} already holds a run; set resume:=true to continue it")
+        if self.resume and has_checkpoint:
+            trainer.load_checkpoint(self.run_dir)
+        trainer.real_steps = len(trainer.store)
+        return trainer
+
+    def _log_info(self, text: str) -> None:
+        self.get_logger().info(text)
+
+    def _subscribe(self, robot: str) -> Any:
+        def callback(msg: Float64MultiArray) -> None:
+            self._on_transitions(msg, robot)
+
+        return self.create_subscription(Float64MultiArray, transitions_topic(robot), callback, TRANSITIONS_QOS)
+
+    # ----------------------------------------------------------------- ingest
+    def _on_transitions(self, msg: Float64MultiArray, robot: str) -> None:
+        result: IngestResult = self.ingest.handle(msg, robot)
+        if result.kind == "rejected":
+            self.get_logger().warning(f"{robot}: rejected a transitions batch: {result.reason}",
+                                      throttle_duration_sec=5.0)
+            return
+        if result.kind == "accepted":
+            self.trainer.real_steps = self.ingest.stored()
+            self._wake.set()
+
+    # --------------------------------------------------------------- training
+    def _iteration_due(self, stored: int) -> bool:
+        if self.trainer.iteration_index == 0:
+            return stored >= self.config.loop.random_steps
+        return stored - self.steps_at_last_iteration >= self.min_new_steps
+
+    def _worker_loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(timeout=0.5)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            stored = self.ingest.stored()
+            try:
+                if self._iteration_due(stored) or self._final_iteration_due(stored):
+                    self.run_iteration()
+            except Exception as exc:  # keep ingesting: the data is safe, training can be retried by a restart
+                self.state = "failed"
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.get_logger().error(f"training iteration failed: {traceback.format_exc()}")
+                self._stop.set()
+            if self.exit_after_steps and stored >= self.exit_after_steps and (
+                    self.steps_at_last_iteration >= self.exit_after_steps
+                    or stored < self.config.loop.random_steps):  # (too few steps for any iteration)
+                self.finished.set()
+                break  # no further iteration: main() is about to shut down
+
+    def _final_iteration_due(self, stored: int) -> bool:
+        """The run's step budget is reached: train once more on the data that did not make a full iteration."""
+        return (bool(self.exit_after_steps) and stored >= self.exit_after_steps
+                and stored > self.steps_at_last_iteration and stored >= self.config.loop.random_steps)
+
+    def run_iteration(self) -> dict[str, float]:
+        """Train on a snapshot of the store, export and publish the policy; returns the progress row."""
+        snapshot = self.ingest.snapshot()
+        self.state = f"training iteration {self.trainer.iteration_index}"
+        returns = self.ingest.take_returns(self.last_policy_id)
+        store = self.trainer.store
+        self.trainer.store = snapshot  # type: ignore[assignment]  # the iteration sees one frozen data set
+        try:
+            row = self.trainer.improve(train_returns=returns, evaluate=False)
+        finally:
+            self.trainer.store = store
+        self.steps_at_last_iteration = len(snapshot)
+        self.state = "publishing"
+        self.last_policy_id = self.publish_latest()
+        self.state = "waiting for data"
+        self.get_logger().info(
+            f"iteration {int(row['iteration'])}: {len(snapshot)} transitions, policy {self.last_policy_id[:12]}, "
+            f"train return {row['return_train']:.2f}, model valid loss {row['model_valid_loss']:.4g}")
+        return row
+
+    def publish_latest(self) -> str:
+        """Publish ``<run_dir>/policy.onnx`` (written by the trainer) with its inner-step graph, latched.
+
+        Returns the policy id; a file that does not validate is not published (a warning says why).
+        """
+        from mbmpo_core.onnx_runtime import PolicyValidationError, validate_policy_file
+
+        path = self.run_dir / POLICY_FILE
+        if not path.is_file():
+            return self.last_policy_id
+        try:
+            meta = validate_policy_file(path, expected_task=self.trainer.task.name)
+        except PolicyValidationError as exc:
+            self.get_logger().warning(f"not publishing {path}: {exc}")
+            return self.last_policy_id
+        files = {path.name: path.read_bytes()}
+        if meta["adapt_file"]:
+            files[str(meta["adapt_file"])] = (path.parent / str(meta["adapt_file"])).read_bytes()
+        self._policy_pub.publish(encode_policy(files, str(meta["policy_id"])))
+        return str(meta["policy_id"])
+
+    # ------------------------------------------------------------ diagnostics
+    def diagnostic_status(self) -> DiagnosticStatus:
+        """The learner's status: store, per-robot ingest counters, iteration, policy, training state."""
+        values = {"stored_transitions": self.ingest.stored(), "iteration": self.trainer.iteration_index,
+                  "last_policy_id": self.last_policy_id, "training_state": self.state,
+                  "steps_at_last_iteration": self.steps_at_last_iteration, "run_dir": str(self.run_dir)}
+        gaps = 0
+        for robot, c in sorted(self.ingest.counters.items()):
+            gaps += c.gaps
+            for key in ("accepted", "rejected", "duplicate", "gaps", "missing", "reordered", "restarts",
+                        "transitions", "last_error"):
+                values[f"{robot}/{key}"] = getattr(c, key)
+        status = DiagnosticStatus(name="mbmpo: learner", hardware_id=str(self.run_dir))
+        if self.state == "failed":
+            status.level, status.message = DiagnosticStatus.ERROR, f"training failed: {self.last_error}"
+        elif gaps:
+            status.level, status.message = DiagnosticStatus.WARN, f"{self.state}; {gaps} sequence gaps"
+        else:
+            status.level, status.message = DiagnosticStatus.OK, self.state
+        status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        return status
+
+    def publish_diagnostics(self) -> None:
+        """Timer callback: one DiagnosticArray on /diagnostics."""
+        msg = DiagnosticArray()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.status = [self.diagnostic_status()]
+        self._diag_pub.publish(msg)
+
+    # --------------------------------------------------------------- shutdown
+    def stop(self) -> None:
+        """Stop the worker; a running iteration gets ``shutdown_timeout_s`` to finish (the store is durable)."""
+        self._stop.set()
+        self._wake.set()
+        self._worker.join(timeout=self.shutdown_timeout_s)
+        if self._worker.is_alive():
+            self.get_logger().warning("abandoning the running iteration; every transition is already stored")
+
+    def destroy_node(self) -> None:
+        """Stop training, then release the ROS entities."""
+        self.stop()
+        self.trainer.close()
+        super().destroy_node()
+
+
+def main(args: Sequence[str] | None = None) -> int:
+    """Entry point (``learner`` executable, ``python -m mbmpo_ros.learner``); exits 0 on SIGINT."""
+    rclpy.init(args=list(args) if args is not None else sys.argv)
+    node: Learner | None = None
+    try:
+        node = Learner()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        while rclpy.ok() and not node.finished.is_set():
+            executor.spin_once(timeout_sec=0.1)
+        if node.finished.is_set():
+            node.get_logger().info(f"reached exit_after_steps={node.exit_after_steps}; exiting")
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except ValueError as exc:  # bad parameters / config: one line, no traceback
+        print(f"learner: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
