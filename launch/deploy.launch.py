@@ -8,11 +8,10 @@ The controller takes the latched /mbmpo/policy (from a learner, or any node repu
 import os
 
 from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
-
-from launch import LaunchDescription
 
 PACKAGE = "mbmpo_ros"
 

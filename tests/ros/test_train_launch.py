@@ -11,7 +11,6 @@ SKIP_REASON = "launch_testing is not installed (ROS 2 distribution package, not 
 
 try:
     import launch_testing
-
     from launch import LaunchDescription
 except ImportError:
     pytest.skip(SKIP_REASON, allow_module_level=True)

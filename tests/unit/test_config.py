@@ -68,3 +68,13 @@ def test_bad_config_is_one_line_naming_key_and_file(tmp_path: Path, text: str, n
 def test_missing_file_is_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_every_shipped_config_loads() -> None:
+    ros_parameter_files = {"learner.yaml", "controller.yaml", "sim_robot.yaml"}
+    configs = [p for p in (ROOT / "config").glob("*.yaml") if p.name not in ros_parameter_files]
+    configs += [ROOT / "tests" / "learning" / "inverted_pendulum.yaml", ROOT / "benchmarks" / "cpu_small.yaml"]
+    assert len(configs) >= 5
+    for path in configs:
+        config = load_config(path)
+        assert config.meta.meta_batch_size % config.ensemble.num_models == 0, path

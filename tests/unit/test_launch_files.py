@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCH_FILES = sorted((ROOT / "launch").glob("*.launch.py"))
-ALLOWED_IMPORTS = {"launch", "launch_ros", "ament_index_python", "os", "pathlib"}
+ALLOWED_IMPORTS = {"launch", "launch_ros", "ament_index_python", "os", "pathlib", "yaml"}
 EXECUTABLES = {"learner", "controller", "sim_robot"}
 SKIP_REASON = "launch is not installed (ROS 2 distribution package, not on PyPI)"
 
@@ -79,7 +79,6 @@ def test_launcher_mirrors_the_train_launch_file(tmp_path: Path) -> None:
 def test_generate_launch_description_runs(path: Path) -> None:
     try:  # the repository's own launch/ folder is importable as a namespace package: check the real API
         import launch_ros  # noqa: F401
-
         from launch import LaunchDescription  # noqa: F401
     except ImportError:
         pytest.skip(SKIP_REASON)
