@@ -43,48 +43,21 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, LivelinessPolicy, QoSProf
 
 _AUTO = LivelinessPolicy.AUTOMATIC
 
-POLICY_QOS = QoSProfile(
-    reliability=ReliabilityPolicy.RELIABLE,
-    durability=DurabilityPolicy.TRANSIENT_LOCAL,
-    history=HistoryPolicy.KEEP_LAST,
-    liveliness=_AUTO,  # explicit: every policy resolved, so checks need no middleware defaults
-    depth=1,
-)
-TRANSITIONS_QOS = QoSProfile(
-    reliability=ReliabilityPolicy.RELIABLE,
-    durability=DurabilityPolicy.VOLATILE,
-    history=HistoryPolicy.KEEP_LAST,
-    liveliness=_AUTO,
-    depth=100,
-)
-STATE_QOS = QoSProfile(
-    reliability=ReliabilityPolicy.BEST_EFFORT,
-    durability=DurabilityPolicy.VOLATILE,
-    history=HistoryPolicy.KEEP_LAST,
-    liveliness=_AUTO,
-    depth=1,
-)
-STATE_PUB_QOS = QoSProfile(
-    reliability=ReliabilityPolicy.RELIABLE,
-    durability=DurabilityPolicy.VOLATILE,
-    history=HistoryPolicy.KEEP_LAST,
-    liveliness=_AUTO,
-    depth=10,
-)
-COMMAND_QOS = QoSProfile(
-    reliability=ReliabilityPolicy.RELIABLE,
-    durability=DurabilityPolicy.VOLATILE,
-    history=HistoryPolicy.KEEP_LAST,
-    liveliness=_AUTO,
-    depth=1,
-)
-DIAGNOSTICS_QOS = QoSProfile(
-    reliability=ReliabilityPolicy.RELIABLE,
-    durability=DurabilityPolicy.VOLATILE,
-    history=HistoryPolicy.KEEP_LAST,
-    liveliness=_AUTO,
-    depth=10,
-)
+def _profile(reliability: ReliabilityPolicy, durability: DurabilityPolicy, depth: int) -> QoSProfile:
+    # Liveliness explicit: every policy resolved, so compatibility checks need no middleware defaults.
+    return QoSProfile(reliability=reliability, durability=durability, history=HistoryPolicy.KEEP_LAST,
+                      liveliness=_AUTO, depth=depth)
+
+
+_RELIABLE, _BEST_EFFORT = ReliabilityPolicy.RELIABLE, ReliabilityPolicy.BEST_EFFORT
+_VOLATILE, _LATCHED = DurabilityPolicy.VOLATILE, DurabilityPolicy.TRANSIENT_LOCAL
+
+POLICY_QOS = _profile(_RELIABLE, _LATCHED, depth=1)
+TRANSITIONS_QOS = _profile(_RELIABLE, _VOLATILE, depth=100)
+STATE_QOS = _profile(_BEST_EFFORT, _VOLATILE, depth=1)
+STATE_PUB_QOS = _profile(_RELIABLE, _VOLATILE, depth=10)
+COMMAND_QOS = _profile(_RELIABLE, _VOLATILE, depth=1)
+DIAGNOSTICS_QOS = _profile(_RELIABLE, _VOLATILE, depth=10)
 
 _LIVELINESS_STRENGTH = {LivelinessPolicy.AUTOMATIC: 0, LivelinessPolicy.MANUAL_BY_TOPIC: 1}
 _RESOLVED = {
