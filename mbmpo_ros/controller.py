@@ -12,11 +12,31 @@ each state gets exactly one command and each transition pairs consecutive states
 3. otherwise close the open transition with this observation (reward/done; episode end -> async ``reset``
    service call, no commands until it answers), run the policy (sampled if ``explore``), clip, rate-limit;
 4. publish the command; open the next transition (holds open none: their outcome is not trusted data).
+
+Online few-shot adaptation (:mod:`mbmpo_ros.adaptation`, parameters ``adapt``, ``adapt_episodes``,
+``adapt_steps_max``, ``revert_margin``): the meta-policy ``theta`` runs ``adapt_episodes`` episodes, then
+an inner PG step ``theta'`` is computed in a worker thread (``ThreadPoolExecutor`` with one thread: the tick
+only hands over the recorded episodes and never waits); the tick switches to ``theta'`` at the next episode
+start, up to ``adapt_steps_max`` steps, reverting to ``theta`` if the adapted return falls more than
+``revert_margin`` (absolute; < 0 = never) below theta's. Needs the policy's adapt graph and ``explore``
+(the PG step needs the raw SAMPLED actions; with ``explore: false`` adaptation is off). Transitions keep
+theta's policy id and set ``adapted`` on rows run by adapted parameters.
+
+Lifecycle: plain ``std_srvs/Trigger`` services on this node rather than ``rclpy.lifecycle.LifecycleNode``
+(its managed publishers and the launch-side transition events would touch every publisher and launch file
+for little gain; the three services below are all a supervisor needs): ``~/configure`` (unconfigured ->
+inactive: warms up the onnxruntime session of the received policy), ``~/activate`` (inactive -> active:
+actions are scaled from 0 to 1 over ``ramp_s`` seconds), ``~/deactivate`` (active -> inactive: every fresh
+state gets the hold action, reason ``inactive``; no transitions are recorded). Unconfigured, the node
+publishes nothing. ``autostart`` (default true) configures and activates at start, so the sim-only launch
+needs no service calls. Policies are received and validated in every state.
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
+import enum
 import sys
 import tempfile
 import time
@@ -35,6 +55,7 @@ from std_msgs.msg import Bool, Float64MultiArray, UInt8MultiArray
 from std_srvs.srv import Trigger
 
 from mbmpo_core.onnx_runtime import OnnxPolicy, PolicyValidationError, validate_policy_file
+from mbmpo_ros.adaptation import AdaptJob, AdaptResult, OnlineAdapter
 from mbmpo_ros.codec import CodecError, decode_policy, encode_command, encode_transitions
 from mbmpo_ros.qos import COMMAND_QOS, DIAGNOSTICS_QOS, POLICY_QOS, STATE_QOS, TRANSITIONS_QOS
 from mbmpo_ros.safety import EpisodeBook, HoldReason, SafetyChain, hold_reason, obs_from_joint_state
@@ -46,6 +67,14 @@ def load_task(name: str, horizon: int) -> Any:
     from sim import make_task
 
     return make_task(name, horizon=horizon)
+
+
+class Lifecycle(str, enum.Enum):
+    """Controller states (see module docstring)."""
+
+    UNCONFIGURED = "unconfigured"
+    INACTIVE = "inactive"
+    ACTIVE = "active"
 
 
 class Controller(Node):
@@ -70,6 +99,16 @@ class Controller(Node):
         )
         self.book = EpisodeBook(self.task.horizon, self.task.reward, self.task.done,
                                 int(p("batch_size", 50, "transitions per published batch")), robot=self.robot_id)
+        self.adapt_enabled = bool(p("adapt", True, "few-shot adaptation online (needs the adapt graph and explore)"))
+        margin = float(p("revert_margin", 0.0, "revert to theta if adapted return < theta's - this; < 0 = never"))
+        self.adapter = OnlineAdapter(int(p("adapt_episodes", 2, "episodes per adaptation batch")),
+                                     int(p("adapt_steps_max", 3, "inner steps taken online per meta-policy")),
+                                     margin if margin >= 0 else float("inf"))
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="adapt")
+        self.ramp_s = float(p("ramp_s", 1.0, "on activate, scale actions from 0 to 1 over this many seconds"))
+        self.lifecycle = Lifecycle.UNCONFIGURED
+        self.action_scale = 0.0
+        self._active_since = 0.0
         self.policy: OnnxPolicy | None = None
         self.policy_id = f"warmup-{self.warmup}"
         self._next_policy: OnnxPolicy | None = None
@@ -90,7 +129,13 @@ class Controller(Node):
         self.create_subscription(UInt8MultiArray, "/mbmpo/policy", self._on_policy, POLICY_QOS,
                                  callback_group=MutuallyExclusiveCallbackGroup())
         self._reset_client: Any = self.create_client(Trigger, "reset")
+        self.create_service(Trigger, "~/configure", self._srv_configure)
+        self.create_service(Trigger, "~/activate", self._srv_activate)
+        self.create_service(Trigger, "~/deactivate", self._srv_deactivate)
         self._started = time.monotonic()
+        if bool(p("autostart", True, "configure and activate at start (no lifecycle service calls needed)")):
+            self.configure()
+            self.activate()
         self.create_timer(1.0 / self.rate_hz, self._tick)
         self.create_timer(1.0, self._publish_diagnostics)
 
@@ -134,7 +179,8 @@ class Controller(Node):
         if self._next_policy is not None:
             self.policy, self._next_policy = self._next_policy, None
             self.policy_id = self.policy.policy_id
-        if self._resetting:
+            self.adapter.reset(self.policy, enabled=self.adapt_enabled and self.explore)
+        if self._resetting or self.lifecycle is Lifecycle.UNCONFIGURED:
             return
         state = self._state
         fresh = state is not None and state[0] != self._used_stamp
@@ -147,26 +193,53 @@ class Controller(Node):
         if state is not None:
             self._used_stamp = state[0]
         reason = hold_reason(self.estop, stale and not fresh, obs)
+        if reason is None and self.lifecycle is not Lifecycle.ACTIVE:
+            reason = HoldReason.INACTIVE
         if reason is not None:
             self._hold(reason)
             return
         assert obs is not None
-        if self.book.observe(obs):
+        if self._close_transition(obs):
             self._publish_batches()
             self._request_reset()
             return
-        action, reason = self.safety.filter(self._raw_action(obs))
+        self._act(obs)
+        self._publish_batches()
+
+    def _close_transition(self, obs: np.ndarray) -> bool:
+        """Close the open transition (book and adapter); True if the episode ended."""
+        step = self.book.step
+        ended = self.book.observe(obs)
+        if self.book.step != step:  # a transition was closed (not the first tick of an episode)
+            self._submit(self.adapter.close(self.book.last_reward, ended))
+        return ended
+
+    def _act(self, obs: np.ndarray) -> None:
+        """Policy (theta or adapted params) -> ramp -> safety chain -> command; open the next transition."""
+        params = self.adapter.begin_step(self.book.step)
+        raw = self._raw_action(obs, params)
+        scale = self._ramp_scale()
+        action, reason = self.safety.filter(raw * scale)
         if reason is not None:
             self._hold(reason)
             return
         self._cmd_pub.publish(encode_command(action))
-        self.book.act(obs, action, self.policy_id)
-        self._publish_batches()
+        if self.policy is not None and self.explore and scale >= 1.0:
+            self.adapter.record(obs, raw)
+        else:  # warm-up, deterministic or ramped actions are not samples of the policy: unusable for the PG step
+            self.adapter.drop()
+        self.book.act(obs, action, self.policy_id, adapted=self.policy is not None and self.adapter.adapted)
 
-    def _raw_action(self, obs: np.ndarray) -> np.ndarray:
+    def _ramp_scale(self) -> float:
+        elapsed = time.monotonic() - self._active_since
+        self.action_scale = 1.0 if self.ramp_s <= 0 else min(1.0, elapsed / self.ramp_s)
+        return self.action_scale
+
+    def _raw_action(self, obs: np.ndarray, params: dict[str, np.ndarray] | None = None) -> np.ndarray:
         if self.policy is not None:
             try:
-                return np.asarray(self.policy.act(obs, deterministic=not self.explore, rng=self.rng), np.float64)
+                action = self.policy.act(obs, params=params, deterministic=not self.explore, rng=self.rng)
+                return np.asarray(action, np.float64)
             except Exception as exc:  # onnxruntime errors must end in a hold, never in a dead timer
                 self.get_logger().error(f"policy inference failed: {exc}", throttle_duration_sec=5.0)
                 return np.full(self.task.act_dim, np.nan)
@@ -177,6 +250,7 @@ class Controller(Node):
     def _hold(self, reason: HoldReason) -> None:
         self.hold_counts[reason.value] += 1
         self.book.drop_pending()
+        self.adapter.drop()
         self._cmd_pub.publish(encode_command(self.safety.hold()))
 
     def _publish_batches(self) -> None:
@@ -185,6 +259,60 @@ class Controller(Node):
                 self._tr_pub.publish(encode_transitions(batch))
             except CodecError as exc:  # should not happen: obs are finite; never kill the loop over it
                 self.get_logger().error(f"dropping transition batch {batch.seq}: {exc}")
+
+    # ---------------------------------------------------------------------------------------- adaptation
+    def _submit(self, job: AdaptJob | None) -> None:
+        """Run an inner step in the worker thread; its result reaches the adapter, never the tick directly."""
+        if job is None:
+            return
+        future = self._pool.submit(job.run)
+
+        def done(f: concurrent.futures.Future[AdaptResult]) -> None:
+            try:
+                self.adapter.deliver(f.result())
+            except Exception as exc:  # a failed step keeps the current params; the tick is unaffected
+                self.get_logger().error(f"adaptation step failed: {exc}")
+                self.adapter.deliver(AdaptResult(None, job.generation))
+
+        future.add_done_callback(done)
+
+    # ---------------------------------------------------------------------------------------- lifecycle
+    def configure(self) -> tuple[bool, str]:
+        """unconfigured -> inactive: warm up the received policy (first onnxruntime runs are slow)."""
+        if self.lifecycle is not Lifecycle.UNCONFIGURED:
+            return False, f"cannot configure from {self.lifecycle.value}"
+        for policy in (self._next_policy, self.policy):
+            if policy is not None:
+                policy.act(np.zeros(self.task.obs_dim))
+        self.lifecycle = Lifecycle.INACTIVE
+        return True, "inactive"
+
+    def activate(self) -> tuple[bool, str]:
+        """inactive -> active: actions ramp in from zero over ``ramp_s``."""
+        if self.lifecycle is not Lifecycle.INACTIVE:
+            return False, f"cannot activate from {self.lifecycle.value}"
+        self._active_since = time.monotonic()
+        self.lifecycle = Lifecycle.ACTIVE
+        return True, "active"
+
+    def deactivate(self) -> tuple[bool, str]:
+        """active -> inactive: hold."""
+        if self.lifecycle is not Lifecycle.ACTIVE:
+            return False, f"cannot deactivate from {self.lifecycle.value}"
+        self.lifecycle = Lifecycle.INACTIVE
+        return True, "inactive"
+
+    def _srv_configure(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        response.success, response.message = self.configure()
+        return response
+
+    def _srv_activate(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        response.success, response.message = self.activate()
+        return response
+
+    def _srv_deactivate(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        response.success, response.message = self.deactivate()
+        return response
 
     # ---------------------------------------------------------------------------------------- episodes
     def _request_reset(self) -> None:
@@ -216,13 +344,16 @@ class Controller(Node):
             "last_episode_return": "" if last is None else f"{last:.6g}",
             "rejected_policies": str(self.rejected_policies),
             "batches_published": str(self.book.seq), "estop": str(self.estop),
+            "lifecycle": self.lifecycle.value, "action_scale": f"{self.action_scale:.3g}",
+            **self.adapter.summary(),
         }
         values.update({f"hold.{r.value}": str(self.hold_counts[r.value]) for r in HoldReason})
         return values
 
     def _publish_diagnostics(self) -> None:
         status = DiagnosticStatus(name=f"mbmpo controller {self.robot_id}", hardware_id=self.robot_id)
-        holding = self.estop or (self._state is not None and time.monotonic() - self._state[2] > self.state_timeout_s)
+        stale = self._state is not None and time.monotonic() - self._state[2] > self.state_timeout_s
+        holding = self.lifecycle is not Lifecycle.ACTIVE or self.estop or stale
         status.level = DiagnosticStatus.WARN if holding else DiagnosticStatus.OK
         status.message = "holding" if holding else "running"
         status.values = [KeyValue(key=k, value=v) for k, v in self.diagnostics().items()]
@@ -235,6 +366,9 @@ class Controller(Node):
         tmp = getattr(self, "_tmp", None)
         if tmp is not None:
             tmp.cleanup()
+        pool = getattr(self, "_pool", None)
+        if pool is not None:  # a running inner step finishes on its own; nothing waits for it
+            pool.shutdown(wait=False, cancel_futures=True)
         super().destroy_node()
 
 

@@ -39,6 +39,7 @@ class HoldReason(str, enum.Enum):
     STALE = "stale_state"
     BAD_OBS = "bad_obs"
     BAD_ACTION = "bad_action"
+    INACTIVE = "inactive"  # lifecycle: configured but not active (or not configured)
 
 
 # ------------------------------------------------------------------------------------------ observations
@@ -174,10 +175,11 @@ class EpisodeBook:
     step: int = 0
     episode_return: float = 0.0
     last_return: float | None = None
+    last_reward: float = 0.0  # reward of the transition closed by the last observe()
     episodes_done: int = 0
     seq: int = 0
-    _pending: tuple[np.ndarray, np.ndarray, str] | None = None
-    _rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, float, bool, int, int]] = field(default_factory=list)
+    _pending: tuple[np.ndarray, np.ndarray, str, bool] | None = None
+    _rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, float, bool, int, int, bool]] = field(default_factory=list)
     _rows_policy: str = ""
     _ready: list[TransitionBatch] = field(default_factory=list)
 
@@ -186,14 +188,15 @@ class EpisodeBook:
         call :meth:`new_episode`)."""
         if self._pending is None:
             return False
-        prev, act, pid = self._pending
+        prev, act, pid, adapted = self._pending
         self._pending = None
         nxt = np.asarray(obs, np.float64).copy()
         reward = float(np.asarray(self.reward_fn(prev[None], act[None], nxt[None]))[0])
         done = bool(np.asarray(self.done_fn(nxt[None]))[0])
         if self._rows and pid != self._rows_policy:
             self._emit()
-        self._rows.append((prev, act, nxt, reward, done, self.step, self.episode))
+        self._rows.append((prev, act, nxt, reward, done, self.step, self.episode, adapted))
+        self.last_reward = reward
         self._rows_policy = pid
         self.step += 1
         self.episode_return += reward
@@ -202,9 +205,11 @@ class EpisodeBook:
             self._emit()
         return ended
 
-    def act(self, obs: np.ndarray, action: np.ndarray, policy_id: str) -> None:
-        """Open a transition: ``action`` was executed on ``obs`` under ``policy_id``."""
-        self._pending = (np.asarray(obs, np.float64).copy(), np.asarray(action, np.float64).copy(), policy_id)
+    def act(self, obs: np.ndarray, action: np.ndarray, policy_id: str, adapted: bool = False) -> None:
+        """Open a transition: ``action`` was executed on ``obs`` under ``policy_id`` (the meta-policy's id;
+        ``adapted``: by parameters adapted online from it)."""
+        self._pending = (np.asarray(obs, np.float64).copy(), np.asarray(action, np.float64).copy(), policy_id,
+                         bool(adapted))
 
     def drop_pending(self) -> None:
         """Forget the open transition."""
@@ -234,9 +239,9 @@ class EpisodeBook:
 
 
 def _rows_to_batch(rows: list[Any], robot: str, policy_id: str, seq: int) -> TransitionBatch:
-    obs, act, nxt, rew, done, step, ep = zip(*rows, strict=True)
+    obs, act, nxt, rew, done, step, ep, adapted = zip(*rows, strict=True)
     return TransitionBatch(
         obs=np.stack(obs), act=np.stack(act), next_obs=np.stack(nxt), reward=np.asarray(rew, np.float64),
         done=np.asarray(done, bool), step=np.asarray(step, np.int64), episode=np.asarray(ep, np.int64),
-        adapted=np.zeros(len(rows), bool), robot=robot, policy_id=policy_id, seq=seq,
+        adapted=np.asarray(adapted, bool), robot=robot, policy_id=policy_id, seq=seq,
     )
