@@ -7,6 +7,7 @@ from a test node, exactly as a controller would send it. Training runs on a tiny
 from __future__ import annotations
 
 import csv
+import itertools
 import os
 import signal
 import subprocess
@@ -18,6 +19,8 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+
+from mbmpo_core.store import TransitionStore
 
 pytestmark = pytest.mark.ros
 
@@ -218,6 +221,20 @@ def test_sim_mode_end_to_end_improves_over_warmup(ros_graph: Any, tmp_path: Path
     with (run / "progress.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) >= 2 and (run / "policy.onnx").is_file() and (run / "learning_curve.png").is_file()
-    warmup, trained = float(rows[0]["return_train"]), float(rows[-1]["return_train"])
-    # Random actions balance ~8 steps; episodes of the learned policy reach the horizon (100).
-    assert warmup < 30 and trained > 60, rows
+    # Episode returns by the policy that ran them, from what the learner stored (complete episodes only).
+    returns = episode_returns_by_policy(TransitionStore(run / "transitions"))
+    warmup = returns.pop("warmup-random")
+    learned = [r for episodes in returns.values() for r in episodes]
+    # Random actions balance ~5 steps; the first learned policies balance for tens of steps (horizon 100).
+    assert len(learned) >= 3, returns
+    assert np.mean(warmup) < 15 and np.mean(learned) > max(30.0, 3 * np.mean(warmup)), (np.mean(warmup), returns)
+
+
+def episode_returns_by_policy(store: TransitionStore) -> dict[str, list[float]]:
+    """{policy id: returns of its complete episodes}; an episode is complete when a later row starts another."""
+    data = store.load_all()
+    starts = np.flatnonzero(data["step"] == 0)
+    out: dict[str, list[float]] = {}
+    for lo, hi in itertools.pairwise(starts):
+        out.setdefault(str(data["policy_id"][lo]), []).append(float(data["reward"][lo:hi].sum()))
+    return out
