@@ -73,7 +73,7 @@ def test_missing_file_is_config_error(tmp_path: Path) -> None:
 def test_every_shipped_config_loads() -> None:
     ros_parameter_files = {"learner.yaml", "controller.yaml", "sim_robot.yaml"}
     configs = [p for p in (ROOT / "config").glob("*.yaml") if p.name not in ros_parameter_files]
-    configs += [ROOT / "tests" / "learning" / "inverted_pendulum.yaml", ROOT / "benchmarks" / "cpu_small.yaml"]
+    configs += [ROOT / "tests" / "learning" / "inverted_pendulum.yaml", *(ROOT / "benchmarks").glob("*.yaml")]
     assert len(configs) >= 5
     for path in configs:
         config = load_config(path)
