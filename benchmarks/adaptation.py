@@ -45,7 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 
 from mbmpo_core.onnx_runtime import OnnxPolicy
-from mbmpo_ros.adaptation import AdaptJob, Episode
+from mbmpo_ros.adaptation import AdaptJob
+from mbmpo_ros.evaluate import run_episode
 from sim import make_task
 
 PERTURBATIONS: dict[str, dict] = {
@@ -58,21 +59,6 @@ PERTURBATIONS: dict[str, dict] = {
 
 Params = dict[str, np.ndarray]
 StepFn = Callable[[Params, np.ndarray, np.ndarray, np.ndarray, np.ndarray], Params]
-
-
-def run_episode(env, policy: OnnxPolicy, params: Params | None, reset_seed: int, low: np.ndarray,
-                high: np.ndarray, rng: np.random.Generator | None) -> Episode:
-    """One episode; ``rng`` None = deterministic mean action. Records the RAW action, steps the clipped one."""
-    ep = Episode(version=0)
-    obs, _ = env.reset(seed=reset_seed)
-    while True:
-        raw = policy.act(obs, params, deterministic=rng is None, rng=rng)
-        ep.obs.append(np.asarray(obs, np.float64).copy())
-        ep.act.append(np.asarray(raw, np.float64).copy())
-        obs, reward, terminated, truncated, _ = env.step(np.clip(raw, low, high))
-        ep.rewards.append(float(reward))
-        if terminated or truncated:
-            return ep
 
 
 def evaluate(env, policy, params, seeds, low, high) -> float:

@@ -3,6 +3,7 @@
     mbmpo train --config FILE [--task NAME] [--steps N] [--seed S] [--device cpu|cuda] [--run-dir DIR] [--resume DIR]
     mbmpo export RUN_DIR|CHECKPOINT -o policy.onnx
     mbmpo launch train --sim [--task T] [--robots N] [--run-dir DIR] [--config FILE] [--steps N]
+    mbmpo eval POLICY.onnx --task NAME [--perturb KEY=VALUE ...] [--adapt-steps N] [--episodes N]
 
 Bad input (config, task name, paths) is one line on stderr and exit code 2.
 """
@@ -61,6 +62,16 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("source", type=Path, help="run directory or checkpoint file")
     export.add_argument("-o", "--output", type=Path, required=True, help="policy file to write (.onnx)")
     export.set_defaults(func=_export)
+    ev = sub.add_parser("eval", help="return of an ONNX policy on a (perturbed) task, before and after adaptation")
+    ev.add_argument("policy", type=Path, help="policy.onnx (its inner-step graph beside it)")
+    ev.add_argument("--task", required=True, help="task name, e.g. HalfCheetah-v5")
+    ev.add_argument("--perturb", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="physics perturbation, e.g. mass_scale=1.5 damping_scale=2 'weaken_actuator={\"0\": 0.3}'")
+    ev.add_argument("--adapt-steps", type=int, default=1, help="inner steps on real episodes (0: none)")
+    ev.add_argument("--adapt-episodes", type=_positive_int, default=4, help="episodes per inner step")
+    ev.add_argument("--episodes", type=_positive_int, default=5, help="evaluation episodes per parameter set")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.set_defaults(func=_eval)
     # Listed for --help only: main() hands "launch ..." to the launcher before parsing.
     sub.add_parser("launch", help="start the ROS graph of launch/train.launch.py without a ROS 2 install "
                                   "(mbmpo launch -h)")
@@ -78,6 +89,35 @@ def _export(args: argparse.Namespace) -> int:
     except (ConfigError, FileNotFoundError) as exc:
         raise UsageError(str(exc).splitlines()[0]) from None
     print(f"wrote {args.output} (policy id {policy_id})")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from mbmpo_core.onnx_runtime import OnnxPolicy, PolicyValidationError, validate_policy_file
+    from mbmpo_ros.evaluate import evaluate_with_adaptation, parse_perturbations
+
+    if args.adapt_steps < 0:
+        raise UsageError(f"--adapt-steps must be >= 0, got {args.adapt_steps}")
+    try:
+        perturbation = parse_perturbations(args.perturb)
+        meta = validate_policy_file(args.policy, expected_task=args.task)
+    except (ValueError, PolicyValidationError) as exc:
+        raise UsageError(str(exc).splitlines()[0]) from None
+    task = _make_task(args.task, horizon=int(meta["horizon"]))
+    try:
+        env = task.make_env(seed=args.seed, perturbation=perturbation)
+    except ValueError as exc:
+        raise UsageError(f"--perturb: {str(exc).splitlines()[0]}") from None
+    policy = OnnxPolicy(args.policy)
+    if args.adapt_steps and not policy.can_adapt:
+        raise UsageError(f"{args.policy}: no inner-step graph beside it; use --adapt-steps 0")
+    report = evaluate_with_adaptation(policy, env, task.action_low, task.action_high, args.episodes,
+                                      args.adapt_steps, args.adapt_episodes, args.seed)
+    env.close()
+    print(f"{args.task} {perturbation or 'nominal'}, {args.episodes} episodes per row (policy "
+          f"{str(meta['policy_id'])[:12]}):")
+    for k, ret in enumerate(report.returns):
+        print(f"  {'theta' if k == 0 else f'after {k} inner step(s)':24s} return {ret:10.2f}")
     return 0
 
 

@@ -58,7 +58,7 @@ def test_export_of_missing_run_exits_2(tmp_path: Path, capsys: pytest.CaptureFix
     assert "no such run directory" in error_line(capsys)
 
 
-def test_train_resume_export(tmp_path: Path) -> None:
+def test_train_resume_export_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY)
     run = tmp_path / "run"
@@ -73,3 +73,36 @@ def test_train_resume_export(tmp_path: Path) -> None:
     meta = validate_policy_file(out, expected_task="InvertedPendulum-v5")
     assert meta["learner_iteration"] == 3 and meta["horizon"] == 20
     assert np.isclose(float(meta["inner_lr"]), 1e-3)
+    # Evaluate it on perturbed physics with two inner steps, then reject bad input with exit code 2.
+    capsys.readouterr()
+    assert main(["eval", str(out), "--task", "InvertedPendulum-v5", "--perturb", "mass_scale=1.5",
+                 "--adapt-steps", "2", "--episodes", "2", "--adapt-episodes", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "theta" in printed and "after 2 inner step(s)" in printed
+    assert main(["eval", str(out), "--task", "InvertedPendulum-v5", "--perturb", "mass=2"]) == 2
+    assert "unknown perturbation key" in error_line(capsys)
+    assert main(["eval", str(out), "--task", "Hopper-v5"]) == 2
+    assert "expected 'Hopper-v5'" in error_line(capsys)
+
+
+def test_evaluate_with_adaptation_moves_the_parameters(tmp_path: Path) -> None:
+    from mbmpo_core.export import export_policy
+    from mbmpo_core.onnx_runtime import OnnxPolicy
+    from mbmpo_core.policy import GaussianMLPPolicy
+    from mbmpo_ros.evaluate import evaluate_with_adaptation
+    from sim import make_task
+
+    task = make_task("InvertedPendulum-v5", horizon=30)
+    path = tmp_path / "p.onnx"
+    export_policy(GaussianMLPPolicy(task.obs_dim, task.act_dim, (8,)), path, task_name=task.name,
+                  obs_names=task.obs_names, act_names=task.act_names, joint_names=task.joint_names,
+                  action_low=task.action_low, action_high=task.action_high, control_rate_hz=1 / task.dt, horizon=30,
+                  inner_lr=0.5, gamma=0.99, gae_lambda=1.0, iteration=0)
+    policy = OnnxPolicy(path)
+    env = task.make_env(seed=0)
+    report = evaluate_with_adaptation(policy, env, task.action_low, task.action_high, episodes=2, adapt_steps=2,
+                                      adapt_episodes=3)
+    assert len(report.returns) == 3 and all(np.isfinite(report.returns))
+    assert report.params is not None
+    moved = sum(float(np.abs(report.params[k] - policy.params[k]).sum()) for k in policy.param_names)
+    assert moved > 1e-3
