@@ -89,6 +89,7 @@ class Controller(Node):
         self.warmup = str(p("warmup_policy", "random", "random|zero: acts until a policy arrives"))
         self.explore = bool(p("explore", True, "sample actions from the policy (the learner needs exploration)"))
         self.state_timeout_s = float(p("state_timeout_s", 0.5, "no new state for this long -> hold"))
+        self.reset_timeout_s = float(p("reset_timeout_s", 2.0, "ask the robot to reset again after this long"))
         ns = self.get_namespace().strip("/")
         self.robot_id = str(p("robot_id", "", "robot id in transitions; '' = node namespace")) or ns or "robot"
         self.rng = np.random.default_rng(int(p("seed", 0, "seed of exploration noise and warm-up actions")))
@@ -118,6 +119,9 @@ class Controller(Node):
         self._state: tuple[Any, np.ndarray | None, float] | None = None  # (stamp, obs or None, arrival)
         self._used_stamp: Any = None
         self._resetting = False
+        self._reset_attempt = 0
+        self._reset_deadline = 0.0
+        self.reset_timeouts = 0
         self._tmp = tempfile.TemporaryDirectory(prefix="mbmpo_policy_")
         self._policy_count = 0
         self._cmd_pub = self.create_publisher(Float64MultiArray, "command", COMMAND_QOS)
@@ -180,7 +184,11 @@ class Controller(Node):
             self.policy, self._next_policy = self._next_policy, None
             self.policy_id = self.policy.policy_id
             self.adapter.reset(self.policy, enabled=self.adapt_enabled and self.explore)
-        if self._resetting or self.lifecycle is Lifecycle.UNCONFIGURED:
+        if self._resetting:
+            if time.monotonic() > self._reset_deadline:
+                self._retry_reset()
+            return
+        if self.lifecycle is Lifecycle.UNCONFIGURED:
             return
         state = self._state
         fresh = state is not None and state[0] != self._used_stamp
@@ -323,10 +331,23 @@ class Controller(Node):
             self.book.new_episode()
             return
         self._resetting = True
+        self._reset_attempt += 1
+        self._reset_deadline = time.monotonic() + self.reset_timeout_s
         future = self._reset_client.call_async(Trigger.Request())
-        future.add_done_callback(self._on_reset_done)
+        future.add_done_callback(lambda f, attempt=self._reset_attempt: self._on_reset_done(f, attempt))
 
-    def _on_reset_done(self, future: Any) -> None:
+    def _retry_reset(self) -> None:
+        """A reset answer that never comes (DDS can lose a service response, e.g. right after discovery) must
+        not stop the robot's loop for good: ask again; a late answer to the old request is ignored."""
+        self.reset_timeouts += 1
+        self.get_logger().warning(f"reset not answered within {self.reset_timeout_s} s; asking again "
+                                  f"({self.reset_timeouts} so far)", throttle_duration_sec=5.0)
+        self._resetting = False
+        self._request_reset()
+
+    def _on_reset_done(self, future: Any, attempt: int) -> None:
+        if not self._resetting or attempt != self._reset_attempt:
+            return  # answer to a request that was given up on
         self.book.new_episode()
         self.get_logger().info(
             f"episode {self.book.episodes_done} return {self.book.last_return:.4g} policy {self.policy_id[:12]}",
@@ -342,7 +363,7 @@ class Controller(Node):
         values = {
             "robot_id": self.robot_id, "policy_id": self.policy_id, "episodes": str(self.book.episodes_done),
             "last_episode_return": "" if last is None else f"{last:.6g}",
-            "rejected_policies": str(self.rejected_policies),
+            "rejected_policies": str(self.rejected_policies), "reset_timeouts": str(self.reset_timeouts),
             "batches_published": str(self.book.seq), "estop": str(self.estop),
             "lifecycle": self.lifecycle.value, "action_scale": f"{self.action_scale:.3g}",
             **self.adapter.summary(),

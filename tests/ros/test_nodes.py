@@ -160,3 +160,34 @@ def test_estop_stale_and_nan_hold(ros_graph: Any) -> None:
     assert ros_graph.spin_until(lambda: ctrl.hold_counts["stale_state"] >= 3 and len(commands) >= 3, timeout=3.0)
     assert all(c[0] == 0.0 for c in commands)
     assert ctrl.diagnostics()["hold.stale_state"] == str(ctrl.hold_counts["stale_state"])
+
+
+class _SilentResetClient:
+    """A reset client whose requests are never answered (a lost DDS service response), counting the calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def service_is_ready(self) -> bool:
+        return True
+
+    def call_async(self, request: Any) -> Any:
+        from rclpy.task import Future
+
+        self.calls += 1
+        return Future()  # never completes
+
+
+def test_unanswered_reset_is_asked_again_and_the_loop_goes_on(ros_graph: Any) -> None:
+    _sim(ros_graph)
+    controller = _controller(ros_graph, reset_timeout_s=0.2)
+    silent = _SilentResetClient()
+    real = controller._reset_client
+    controller._reset_client = silent
+    # The first episode ends (horizon 15); its reset is never answered: the controller must ask again.
+    assert ros_graph.spin_until(lambda: silent.calls >= 3, 20.0), silent.calls
+    assert controller.reset_timeouts >= 2 and controller.diagnostics()["reset_timeouts"] != "0"
+    # Once the robot answers again, episodes go on.
+    controller._reset_client = real
+    done = controller.book.episodes_done
+    assert ros_graph.spin_until(lambda: controller.book.episodes_done >= done + 2, 20.0)
