@@ -8,60 +8,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from rclpy.parameter import Parameter
+
+pytest.importorskip("rclpy", reason="needs the ROS 2 wheels (pip install -e '.[ros]')")
+
+from node_helpers import NS, TASK, collect, export_small_policy, policy_files, start_controller, start_sim
 
 from mbmpo_ros.codec import decode_command, decode_transitions, encode_policy
-from mbmpo_ros.controller import Controller
 from mbmpo_ros.qos import COMMAND_QOS, POLICY_QOS, TRANSITIONS_QOS
-from mbmpo_ros.sim_robot import SimRobot
 
 pytestmark = pytest.mark.ros
-
-TASK = "InvertedPendulum-v5"
-NS = "r1"
-
-
-def _add(graph: Any, node: Any) -> Any:
-    graph.nodes.append(node)
-    graph.executor.add_node(node)
-    return node
-
-
-def _params(**values: Any) -> list[Parameter]:
-    return [Parameter(k, value=v) for k, v in values.items()]
-
-
-def _sim(graph: Any) -> SimRobot:
-    params = _params(task=TASK, lockstep=True, lockstep_timeout_s=0.2)
-    return _add(graph, SimRobot(context=graph.context, namespace=NS, parameter_overrides=params))
-
-
-def _controller(graph: Any, **overrides: Any) -> Controller:
-    values = {"task": TASK, "horizon": 15, "rate_hz": 200.0, "batch_size": 8, "state_timeout_s": 0.3, **overrides}
-    return _add(graph, Controller(context=graph.context, namespace=NS, parameter_overrides=_params(**values)))
-
-
-def _collect(graph: Any, topic: str, msg_type: Any, qos: Any) -> list[Any]:
-    got: list[Any] = []
-    graph.node("probe_" + topic.strip("/").replace("/", "_")).create_subscription(msg_type, topic, got.append, qos)
-    return got
-
-
-def _policy_files(path: Path) -> dict[str, bytes]:
-    adapt = path.with_suffix(".adapt.onnx")
-    return {path.name: path.read_bytes(), adapt.name: adapt.read_bytes()}
-
-
-def _export(path: Path, task: Any) -> str:
-    from mbmpo_core.export import export_policy
-    from mbmpo_core.policy import GaussianMLPPolicy
-
-    policy = GaussianMLPPolicy(task.obs_dim, task.act_dim, hidden_sizes=(8,))
-    return export_policy(
-        policy, path, task_name=TASK, obs_names=task.obs_names, act_names=task.act_names,
-        joint_names=task.joint_names, action_low=task.action_low, action_high=task.action_high,
-        control_rate_hz=1.0 / task.dt, horizon=15, inner_lr=0.5, gamma=0.99, gae_lambda=1.0, iteration=0,
-    )
 
 
 def _call(graph: Any, node: Any, name: str) -> Any:
@@ -79,13 +34,13 @@ def test_controller_adapts_online(ros_graph: Any, tmp_path: Path) -> None:
 
     from sim import make_task
 
-    pid = _export(tmp_path / "policy.onnx", make_task(TASK, horizon=15))
+    pid = export_small_policy(tmp_path / "policy.onnx", make_task(TASK, horizon=15), TASK, inner_lr=0.5)
     pub = ros_graph.node("learner_stub").create_publisher(UInt8MultiArray, "/mbmpo/policy", POLICY_QOS)
-    pub.publish(encode_policy(_policy_files(tmp_path / "policy.onnx"), pid))
-    batches = _collect(ros_graph, f"/{NS}/mbmpo/transitions", Float64MultiArray, TRANSITIONS_QOS)
-    commands = _collect(ros_graph, f"/{NS}/command", Float64MultiArray, COMMAND_QOS)
-    _sim(ros_graph)
-    ctrl = _controller(ros_graph, ramp_s=0.0, adapt_episodes=2, adapt_steps_max=2, revert_margin=1e9)
+    pub.publish(encode_policy(policy_files(tmp_path / "policy.onnx"), pid))
+    batches = collect(ros_graph, f"/{NS}/mbmpo/transitions", Float64MultiArray, TRANSITIONS_QOS)
+    commands = collect(ros_graph, f"/{NS}/command", Float64MultiArray, COMMAND_QOS)
+    start_sim(ros_graph)
+    ctrl = start_controller(ros_graph, ramp_s=0.0, adapt_episodes=2, adapt_steps_max=2, revert_margin=1e9)
 
     def adapted_rows() -> bool:
         return any(decode_transitions(m).adapted.any() for m in batches)
@@ -107,9 +62,9 @@ def test_lifecycle_hold_and_ramp(ros_graph: Any) -> None:
     probe = ros_graph.node("probe")
     probe.create_subscription(Float64MultiArray, f"/{NS}/command",
                               lambda m: got.append((time.monotonic(), float(decode_command(m, 1)[0]))), COMMAND_QOS)
-    _sim(ros_graph)
+    start_sim(ros_graph)
     ramp_s = 1.0
-    ctrl = _controller(ros_graph, autostart=False, ramp_s=ramp_s)  # warm-up policy: uniform in [-3, 3]
+    ctrl = start_controller(ros_graph, autostart=False, ramp_s=ramp_s)  # warm-up policy: uniform in [-3, 3]
     assert ctrl.lifecycle.value == "unconfigured"
     assert not _call(ros_graph, probe, f"/{NS}/controller/activate").success  # must configure first
     assert _call(ros_graph, probe, f"/{NS}/controller/configure").success

@@ -8,69 +8,23 @@ from typing import Any
 
 import numpy as np
 import pytest
-from rclpy.parameter import Parameter
+
+pytest.importorskip("rclpy", reason="needs the ROS 2 wheels (pip install -e '.[ros]')")
+
+from node_helpers import NS, TASK, collect, export_small_policy, policy_files, start_controller, start_sim
 
 from mbmpo_ros.codec import arrays_to_joint_state, decode_command, decode_transitions, encode_policy
-from mbmpo_ros.controller import Controller
 from mbmpo_ros.qos import COMMAND_QOS, DIAGNOSTICS_QOS, POLICY_QOS, STATE_PUB_QOS, TRANSITIONS_QOS
-from mbmpo_ros.sim_robot import SimRobot
 
 pytestmark = pytest.mark.ros
-
-TASK = "InvertedPendulum-v5"
-NS = "r1"
-
-
-def _add(graph: Any, node: Any) -> Any:
-    graph.nodes.append(node)
-    graph.executor.add_node(node)
-    return node
-
-
-def _params(**values: Any) -> list[Parameter]:
-    return [Parameter(k, value=v) for k, v in values.items()]
-
-
-def _sim(graph: Any, **overrides: Any) -> SimRobot:
-    params = _params(task=TASK, lockstep=True, lockstep_timeout_s=0.2, **overrides)
-    return _add(graph, SimRobot(context=graph.context, namespace=NS, parameter_overrides=params))
-
-
-def _controller(graph: Any, **overrides: Any) -> Controller:
-    values = {"task": TASK, "horizon": 15, "rate_hz": 200.0, "batch_size": 8, "state_timeout_s": 0.3, **overrides}
-    return _add(graph, Controller(context=graph.context, namespace=NS, parameter_overrides=_params(**values)))
-
-
-def _collect(graph: Any, topic: str, msg_type: Any, qos: Any) -> list[Any]:
-    got: list[Any] = []
-    graph.node("probe_" + topic.strip("/").replace("/", "_")).create_subscription(msg_type, topic, got.append, qos)
-    return got
-
-
-def _export(path: Path, task: Any, task_name: str) -> str:
-    from mbmpo_core.export import export_policy
-    from mbmpo_core.policy import GaussianMLPPolicy
-
-    policy = GaussianMLPPolicy(task.obs_dim, task.act_dim, hidden_sizes=(8,))
-    return export_policy(
-        policy, path, task_name=task_name, obs_names=task.obs_names, act_names=task.act_names,
-        joint_names=task.joint_names, action_low=task.action_low, action_high=task.action_high,
-        control_rate_hz=1.0 / task.dt, horizon=15, inner_lr=0.1, gamma=0.99, gae_lambda=1.0, iteration=0,
-    )
-
-
-def _policy_files(path: Path) -> dict[str, bytes]:
-    """What the learner publishes: the policy graph, then the inner-step graph beside it."""
-    adapt = path.with_suffix(".adapt.onnx")
-    return {path.name: path.read_bytes(), adapt.name: adapt.read_bytes()}
 
 
 def test_lockstep_transitions_match_env(ros_graph: Any) -> None:
     from std_msgs.msg import Float64MultiArray
 
-    batches = _collect(ros_graph, f"/{NS}/mbmpo/transitions", Float64MultiArray, TRANSITIONS_QOS)
-    sim = _sim(ros_graph)
-    ctrl = _controller(ros_graph)
+    batches = collect(ros_graph, f"/{NS}/mbmpo/transitions", Float64MultiArray, TRANSITIONS_QOS)
+    sim = start_sim(ros_graph)
+    ctrl = start_controller(ros_graph)
     assert ros_graph.spin_until(lambda: ctrl.book.episodes_done >= 2 and len(batches) >= 3, timeout=12.0)
     decoded = [decode_transitions(m, expected_obs_dim=4, expected_act_dim=1) for m in batches]
     assert [b.seq for b in decoded] == list(range(len(decoded)))
@@ -98,13 +52,13 @@ def test_policy_late_joiner_then_rejections(ros_graph: Any, tmp_path: Path) -> N
     from sim import make_task
 
     task = make_task(TASK, horizon=15)
-    pid = _export(tmp_path / "good.onnx", task, TASK)
+    pid = export_small_policy(tmp_path / "good.onnx", task, TASK, inner_lr=0.1)
     pub = ros_graph.node("learner_stub").create_publisher(UInt8MultiArray, "/mbmpo/policy", POLICY_QOS)
-    pub.publish(encode_policy(_policy_files(tmp_path / "good.onnx"), pid))  # before the controller exists
-    batches = _collect(ros_graph, f"/{NS}/mbmpo/transitions", Float64MultiArray, TRANSITIONS_QOS)
-    diags = _collect(ros_graph, "/diagnostics", DiagnosticArray, DIAGNOSTICS_QOS)
-    _sim(ros_graph)
-    ctrl = _controller(ros_graph)
+    pub.publish(encode_policy(policy_files(tmp_path / "good.onnx"), pid))  # before the controller exists
+    batches = collect(ros_graph, f"/{NS}/mbmpo/transitions", Float64MultiArray, TRANSITIONS_QOS)
+    diags = collect(ros_graph, "/diagnostics", DiagnosticArray, DIAGNOSTICS_QOS)
+    start_sim(ros_graph)
+    ctrl = start_controller(ros_graph)
 
     def saw_policy() -> bool:
         return any(decode_transitions(m).policy_id == pid for m in batches) and any(
@@ -112,11 +66,11 @@ def test_policy_late_joiner_then_rejections(ros_graph: Any, tmp_path: Path) -> N
         )
 
     assert ros_graph.spin_until(saw_policy, timeout=8.0)
-    wrong_pid = _export(tmp_path / "wrong.onnx", task, "Hopper-v5")
+    wrong_pid = export_small_policy(tmp_path / "wrong.onnx", task, "Hopper-v5", inner_lr=0.1)
     # Depth 1 keeps only the latest policy: let each one arrive before sending the next.
     pub.publish(encode_policy({"policy.onnx": os.urandom(500)}, "junk"))
     assert ros_graph.spin_until(lambda: ctrl.rejected_policies >= 1, timeout=5.0)
-    pub.publish(encode_policy(_policy_files(tmp_path / "wrong.onnx"), wrong_pid))
+    pub.publish(encode_policy(policy_files(tmp_path / "wrong.onnx"), wrong_pid))
     assert ros_graph.spin_until(lambda: ctrl.rejected_policies >= 2, timeout=5.0)
     n_before = len(batches)
     assert ros_graph.spin_until(lambda: len(batches) >= n_before + 2, timeout=5.0)  # still running
@@ -128,7 +82,7 @@ def test_estop_stale_and_nan_hold(ros_graph: Any) -> None:
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Bool, Float64MultiArray
 
-    ctrl = _controller(ros_graph, state_timeout_s=0.2)
+    ctrl = start_controller(ros_graph, state_timeout_s=0.2)
     commands: list[np.ndarray] = []
     driver = ros_graph.node("driver")
     driver.create_subscription(Float64MultiArray, f"/{NS}/command", lambda m: commands.append(decode_command(m, 1)),
@@ -179,8 +133,8 @@ class _SilentResetClient:
 
 
 def test_unanswered_reset_is_asked_again_and_the_loop_goes_on(ros_graph: Any) -> None:
-    _sim(ros_graph)
-    controller = _controller(ros_graph, reset_timeout_s=0.2)
+    start_sim(ros_graph)
+    controller = start_controller(ros_graph, reset_timeout_s=0.2)
     silent = _SilentResetClient()
     real = controller._reset_client
     controller._reset_client = silent
