@@ -28,6 +28,7 @@ from typing import Any
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
 from std_msgs.msg import Float64MultiArray, UInt8MultiArray
 
@@ -36,6 +37,7 @@ from mbmpo_core.trainer import CHECKPOINT_NAME, Trainer
 from mbmpo_ros.codec import encode_policy
 from mbmpo_ros.ingest import Ingest, IngestResult
 from mbmpo_ros.qos import DIAGNOSTICS_QOS, POLICY_QOS, TRANSITIONS_QOS
+from mbmpo_ros.spin import shut_down_meanwhile
 
 POLICY_TOPIC = "/mbmpo/policy"
 POLICY_FILE = "policy.onnx"
@@ -288,6 +290,10 @@ def main(args: Sequence[str] | None = None) -> int:
             node.get_logger().info(f"reached exit_after_steps={node.exit_after_steps}; exiting")
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except _rclpy.RCLError:
+        # Ctrl-C while the executor builds its wait set surfaces as RCLError rather than a shutdown exception.
+        if node is None or not shut_down_meanwhile(node):
+            raise
     except ValueError as exc:  # bad parameters / config: one line, no traceback
         print(f"learner: error: {exc}", file=sys.stderr)
         return 2

@@ -24,12 +24,17 @@ def spin_until_shutdown(node: Node, executor: Executor) -> None:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except _rclpy.RCLError:
-        if rclpy.ok(context=node.context):
+        if not shut_down_meanwhile(node):
             raise
     finally:
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
+
+
+def shut_down_meanwhile(node: Node) -> bool:
+    """True if ``node``'s context was shut down (Ctrl-C): an RCLError from the executor is then a clean exit."""
+    return not rclpy.ok(context=node.context)
 
 
 def run_node(name: str, make_node: Callable[[], Node], executor: Executor) -> int:
