@@ -108,14 +108,15 @@ class Trainer:
         """
         timer = Timer({"sample": sample_seconds})
         t = time.perf_counter()
+        data = self.store.load_all()  # once per iteration: normalizer, model fit and real start states use it
         if self.iteration_index == 0:
             # Fixed for the whole run (it is part of the exported policy): set from the warm-up data.
-            obs = self.store.load_all()["obs"]
+            obs = data["obs"]
             self.policy.set_obs_normalizer(torch.as_tensor(obs.mean(0)), torch.as_tensor(obs.std(0)),
                                            ignore=self.task.position_obs)
-        fit = self._fit_ensemble()
+        fit = self._fit_ensemble(data)
         t = timer.add("fit", t)
-        meta_stats = self._meta_train(timer)
+        meta_stats = self._meta_train(timer, data["obs"])
         t = time.perf_counter()
         return_pre, return_post = self._evaluate() if evaluate else (float("nan"), float("nan"))
         timer.add("eval", t)
@@ -162,14 +163,14 @@ class Trainer:
         return act
 
     # ------------------------------------------------------------------- model
-    def _fit_ensemble(self) -> Any:
-        data = self.store.load_all()
+    def _fit_ensemble(self, data: dict[str, np.ndarray]) -> Any:
         cap = self.config.ensemble.capacity
         obs, act, next_obs = (data[k][-cap:] for k in ("obs", "act", "next_obs"))
         return self.ensemble.fit(obs, act, next_obs)
 
     # -------------------------------------------------------------- meta-train
-    def _meta_train(self, timer: Timer) -> dict[str, float]:
+    def _meta_train(self, timer: Timer, real_obs: np.ndarray) -> dict[str, float]:
+        """``meta_steps`` MAML steps; ``real_obs: [N, obs_dim]`` are the stored states imagination may start from."""
         m = self.config.meta
         stats: dict[str, float] = {}
         adapted: Params = {}
@@ -177,13 +178,13 @@ class Trainer:
             t = time.perf_counter()
             theta = {k: v.detach() for k, v in self.policy.params().items()}
             batched = {k: v.unsqueeze(0).expand(m.meta_batch_size, *v.shape) for k, v in theta.items()}
-            pre = self._imagine_batch(batched)
+            pre = self._imagine_batch(batched, real_obs)
             t = timer.add("imagine", t)
             adapted = inner_step(self.policy, self.policy.params(), pre, self.meta.alpha, create_graph=False)
             # clone: with alpha = 0 the adapted params are views of theta, which the outer step changes.
             adapted = {k: v.detach().clone() for k, v in adapted.items()}
             t = timer.add("inner", t)
-            post = self._imagine_batch(adapted)
+            post = self._imagine_batch(adapted, real_obs)
             t = timer.add("imagine", t)
             step = self.meta.outer_step(pre, post)
             timer.add("outer", t)
@@ -196,21 +197,20 @@ class Trainer:
             self.collect_params = {k: v[::per_model].clone() for k, v in adapted.items()}
         return stats
 
-    def _imagine_batch(self, params: Params) -> RolloutBatch:
+    def _imagine_batch(self, params: Params, real_obs: np.ndarray) -> RolloutBatch:
         m = self.config.meta
-        start = self._start_states(m.meta_batch_size * m.rollouts_per_task)
+        start = self._start_states(m.meta_batch_size * m.rollouts_per_task, real_obs)
         start = start.reshape(m.meta_batch_size, m.rollouts_per_task, -1)
         traj = imagine(self.ensemble, self.policy, params, self.task, start, self.config.loop.horizon,
                        m.obs_clip, m.reward_clip, generator=self.generator)
         return rollout_batch(self.policy, params, traj, m.gamma, m.gae_lambda)
 
-    def _start_states(self, n: int) -> torch.Tensor:
-        """[n, obs_dim]: reset-distribution states, a ``real_start_fraction`` share from stored real states."""
+    def _start_states(self, n: int, real_obs: np.ndarray) -> torch.Tensor:
+        """[n, obs_dim]: reset-distribution states, a ``real_start_fraction`` share from ``real_obs``."""
         n_real = round(n * self.config.meta.real_start_fraction)
         parts = [self.task.sample_initial_obs(n - n_real, self.rng)]
         if n_real:
-            obs = self.store.load_all()["obs"]
-            parts.append(obs[self.rng.integers(0, len(obs), size=n_real)])
+            parts.append(real_obs[self.rng.integers(0, len(real_obs), size=n_real)])
         return torch.as_tensor(np.concatenate(parts), dtype=torch.float32, device=self.device)
 
     # -------------------------------------------------------------- evaluation

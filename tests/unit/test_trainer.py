@@ -132,3 +132,13 @@ def test_episodes_as_task_pads_with_zero_mask() -> None:
     assert traj.obs.shape == (1, 2, 4, 2)
     assert traj.mask.tolist() == [[[1, 1, 1, 0], [1, 1, 0, 0]]]
     assert traj.rewards.tolist() == [[[0, 1, 2, 0], [3, 4, 0, 0]]]
+
+
+def test_real_start_fraction_draws_start_states_from_stored_real_states(tmp_path: Path) -> None:
+    config = replace(TINY, meta=replace(TINY.meta, real_start_fraction=0.5))
+    trainer = make_trainer(tmp_path, config)
+    trainer.train(400)  # meta-training ran with half its imagined rollouts started from stored states
+    stored = trainer.store.load_all()["obs"]
+    start = trainer._start_states(8, stored).numpy()
+    from_store = [bool(np.any(np.all(np.isclose(stored, row, atol=1e-6), axis=1))) for row in start]
+    assert sum(from_store) == 4, from_store
