@@ -5,7 +5,7 @@
 
 Two processes. The controller process runs the real ``mbmpo_ros.controller.Controller`` (parameters task,
 rate_hz, explore=true, state_timeout_s=0.5, a horizon longer than the run so no episode reset happens) on a
-2-thread ``MultiThreadedExecutor`` like its entry point; a benchmark-only subclass times each ``_tick`` with
+``SingleThreadedExecutor`` like its entry point; a benchmark-only subclass times each ``_tick`` with
 ``time.monotonic_ns`` and logs every command it publishes (time, action, the state stamp it acted on). The
 driver process exports a fresh ``GaussianMLPPolicy`` (32, 32) with ``export_policy``, publishes it latched on
 ``/mbmpo/policy`` (``encode_policy``), waits until the controller's diagnostics report that policy, then
@@ -50,7 +50,7 @@ RESULTS = Path(__file__).parent / "results" / "controller_latency.csv"
 # ------------------------------------------------------------------------------------------ controller process
 def run_controller(args: argparse.Namespace) -> int:
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
 
     from mbmpo_ros.controller import Controller
@@ -98,7 +98,7 @@ def run_controller(args: argparse.Namespace) -> int:
     params = {"task": args.task, "rate_hz": float(args.rate_hz), "explore": True, "state_timeout_s": 0.5,
               "horizon": 10**7, "seed": 0}
     node = TimedController(parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
-    executor = MultiThreadedExecutor(num_threads=2)
+    executor = SingleThreadedExecutor()
     executor.add_node(node)
     Path(args.out + ".ready").write_text("1")
     try:

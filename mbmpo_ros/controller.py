@@ -47,14 +47,13 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64MultiArray, UInt8MultiArray
 from std_srvs.srv import Trigger
 
-from mbmpo_core.onnx_runtime import OnnxPolicy, PolicyValidationError, validate_policy_file
+from mbmpo_core.onnx_runtime import OnnxPolicy, validate_policy_file
 from mbmpo_ros.adaptation import AdaptJob, AdaptResult, OnlineAdapter
 from mbmpo_ros.codec import CodecError, decode_policy, encode_command, encode_transitions
 from mbmpo_ros.qos import COMMAND_QOS, DIAGNOSTICS_QOS, POLICY_QOS, STATE_QOS, TRANSITIONS_QOS
@@ -106,6 +105,9 @@ class Controller(Node):
                                      int(p("adapt_steps_max", 3, "inner steps taken online per meta-policy")),
                                      margin if margin >= 0 else float("inf"))
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="adapt")
+        # Validating a policy (ONNX load, test inference) takes tens of ms: never on the executor thread, which
+        # runs the tick. One worker keeps arrival order, so the newest policy is the one swapped in last.
+        self._policy_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy")
         self.ramp_s = float(p("ramp_s", 1.0, "on activate, scale actions from 0 to 1 over this many seconds"))
         self.lifecycle = Lifecycle.UNCONFIGURED
         self.action_scale = 0.0
@@ -129,9 +131,7 @@ class Controller(Node):
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", DIAGNOSTICS_QOS)
         self.create_subscription(JointState, "joint_states", self._on_state, STATE_QOS)
         self.create_subscription(Bool, "estop", self._on_estop, COMMAND_QOS)
-        # Own group: validating a policy (ONNX load, test inference) must not delay ticks in a multi-threaded spin.
-        self.create_subscription(UInt8MultiArray, "/mbmpo/policy", self._on_policy, POLICY_QOS,
-                                 callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_subscription(UInt8MultiArray, "/mbmpo/policy", self._on_policy, POLICY_QOS)
         self._reset_client: Any = self.create_client(Trigger, "reset")
         self.create_service(Trigger, "~/configure", self._srv_configure)
         self.create_service(Trigger, "~/activate", self._srv_activate)
@@ -160,6 +160,10 @@ class Controller(Node):
         self.estop = bool(msg.data)
 
     def _on_policy(self, msg: UInt8MultiArray) -> None:
+        self._policy_pool.submit(self._validate_policy, msg)
+
+    def _validate_policy(self, msg: UInt8MultiArray) -> None:
+        """Worker thread: decode, write, validate and load a received policy; the tick swaps it in."""
         try:
             files, pid = decode_policy(msg)
             self._policy_count += 1
@@ -171,7 +175,7 @@ class Controller(Node):
             path = folder / next(iter(files))
             validate_policy_file(path, self.task.name, self.task.obs_names, self.task.joint_names)
             policy = OnnxPolicy(path)
-        except (CodecError, PolicyValidationError, OSError) as exc:
+        except Exception as exc:  # CodecError, PolicyValidationError, OSError, onnxruntime: reject, keep running
             self.rejected_policies += 1
             self.get_logger().warning(f"rejected policy ({self.rejected_policies} so far): {exc}")
             return
@@ -387,16 +391,18 @@ class Controller(Node):
         tmp = getattr(self, "_tmp", None)
         if tmp is not None:
             tmp.cleanup()
-        pool = getattr(self, "_pool", None)
-        if pool is not None:  # a running inner step finishes on its own; nothing waits for it
-            pool.shutdown(wait=False, cancel_futures=True)
+        for pool in (getattr(self, "_pool", None), getattr(self, "_policy_pool", None)):
+            if pool is not None:  # a running inner step or validation finishes on its own; nothing waits for it
+                pool.shutdown(wait=False, cancel_futures=True)
         super().destroy_node()
 
 
 def main(args: list[str] | None = None) -> int:
     """``ros2 run mbmpo_ros controller`` entry point."""
     rclpy.init(args=args)
-    return run_node("controller", Controller, MultiThreadedExecutor(num_threads=2))
+    # Single-threaded on purpose: rclpy's MultiThreadedExecutor busy-loops on ready timers (a 100 Hz tick kept
+    # a core at 100 % and starved the node on 2 cores); slow work runs in the node's own worker threads.
+    return run_node("controller", Controller, SingleThreadedExecutor())
 
 
 if __name__ == "__main__":

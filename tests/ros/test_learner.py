@@ -213,7 +213,7 @@ def test_sim_mode_end_to_end_improves_over_warmup(ros_graph: Any, tmp_path: Path
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "mbmpo_ros.launcher", "train", "--sim", "--steps", "2000", "--rate-hz", "100",
            "--run-dir", str(run), "--config", str(root / "tests" / "learning" / "inverted_pendulum.yaml")]
-    proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=400)
+    proc = run_launcher(cmd, env, root, timeout_s=400.0)
     log = proc.stdout[-4000:] + proc.stderr[-3000:]
     assert proc.returncode == 0, log
     assert "[launch] learner finished" in proc.stdout
@@ -228,6 +228,19 @@ def test_sim_mode_end_to_end_improves_over_warmup(ros_graph: Any, tmp_path: Path
     # Random actions balance ~5 steps; the first learned policies balance for tens of steps (horizon 100).
     assert len(learned) >= 3, returns
     assert np.mean(warmup) < 15 and np.mean(learned) > max(30.0, 3 * np.mean(warmup)), (np.mean(warmup), returns)
+
+
+def run_launcher(cmd: list[str], env: dict[str, str], cwd: Path, timeout_s: float) -> subprocess.CompletedProcess[str]:
+    """Run the launcher; past ``timeout_s`` it gets SIGINT (it stops its node processes, which run in their own
+    sessions and would outlive a SIGKILL) and the test fails with the end of its output."""
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        pytest.fail(f"launcher still running after {timeout_s:.0f} s; output ends with:\n{out[-4000:]}{err[-2000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def episode_returns_by_policy(store: TransitionStore) -> dict[str, list[float]]:
