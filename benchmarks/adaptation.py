@@ -21,7 +21,7 @@ Evaluation episodes reset with fixed seeds shared by every stage and variant (co
 ``return_1step - return_theta`` is not diluted by initial-state noise.
 
 Command (from the repository root; about 1 min per variant for 10 seeds on one core):
-    OMP_NUM_THREADS=1 /work/venv/bin/python benchmarks/adaptation.py \\
+    OMP_NUM_THREADS=1 python benchmarks/adaptation.py \\
         --mbmpo benchmarks/results/runs/HalfCheetah-v5-cpu_small-s0/policy.onnx \\
         --metrpo benchmarks/results/runs/HalfCheetah-v5-cpu_small_metrpo-s0/policy.onnx \\
         --seeds 0 1 2 3 4 5 6 7 8 9 --eval-episodes 5 --adapt-episodes 4 --steps 3 --random-control \\
@@ -121,7 +121,8 @@ def run_case(policy: OnnxPolicy, step: StepFn, task, pert: dict, seed: int, args
     return out
 
 
-def plot(rows: list[dict], steps: int, path: Path) -> None:
+def plot(rows: list[dict], steps: int, path: Path, title: str, ylabel: str = "deterministic return") -> None:
+    """Bars of return_theta / 1 step / ``steps`` steps per perturbation, one panel per policy variant."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -146,12 +147,11 @@ def plot(rows: list[dict], steps: int, path: Path) -> None:
         ax.set_title(var)
         ax.axhline(0, color="k", lw=0.5)
     for row in axes:
-        row[0].set_ylabel("deterministic return")
+        row[0].set_ylabel(ylabel)
     for ax in list(axes.flat)[len(variants):]:
         ax.set_visible(False)
     axes[0][0].legend()
-    fig.suptitle("HalfCheetah-v5 (horizon 200): return before / after inner steps under perturbed physics\n"
-                 "mean over seeds, error bars = min/max over seeds")
+    fig.suptitle(f"{title}\nmean over seeds, error bars = min/max over seeds")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -221,7 +221,8 @@ def main() -> None:
         writer.writeheader()
         for r in rows:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    plot(rows, args.steps, args.plot)
+    plot(rows, args.steps, args.plot, f"{args.task} (horizon {args.horizon}): return before / after inner steps "
+         "under perturbed physics")
     print(summary(rows, args.steps))
     print(f"wrote {args.out} and {args.plot}")
 

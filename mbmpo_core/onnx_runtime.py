@@ -280,6 +280,21 @@ def validate_policy_file(
     return meta
 
 
+def read_policy_bundle(path: str | Path, expected_task: str | None = None) -> tuple[dict[str, bytes], str]:
+    """Validate ``path`` and read the files a policy is shipped as: ``({file name: bytes}, policy id)``, the
+    policy graph first, then its inner-step graph if it names one (the message of ``/mbmpo/policy``).
+
+    Raises:
+        PolicyValidationError: with a one-line reason.
+    """
+    path = Path(path)
+    meta = validate_policy_file(path, expected_task=expected_task)
+    files = {path.name: path.read_bytes()}
+    if meta["adapt_file"]:
+        files[str(meta["adapt_file"])] = (path.parent / str(meta["adapt_file"])).read_bytes()
+    return files, str(meta["policy_id"])
+
+
 def _fail(path: Path, reason: str) -> PolicyValidationError:
     return PolicyValidationError(f"{path.name}: {reason}".replace("\n", " "))
 

@@ -215,21 +215,18 @@ class Learner(Node):
 
         Returns the policy id; a file that does not validate is not published (a warning says why).
         """
-        from mbmpo_core.onnx_runtime import PolicyValidationError, validate_policy_file
+        from mbmpo_core.onnx_runtime import PolicyValidationError, read_policy_bundle
 
         path = self.run_dir / POLICY_FILE
         if not path.is_file():
             return self.last_policy_id
         try:
-            meta = validate_policy_file(path, expected_task=self.trainer.task.name)
-        except PolicyValidationError as exc:
+            files, policy_id = read_policy_bundle(path, expected_task=self.trainer.task.name)
+        except (PolicyValidationError, OSError) as exc:
             self.get_logger().warning(f"not publishing {path}: {exc}")
             return self.last_policy_id
-        files = {path.name: path.read_bytes()}
-        if meta["adapt_file"]:
-            files[str(meta["adapt_file"])] = (path.parent / str(meta["adapt_file"])).read_bytes()
-        self._policy_pub.publish(encode_policy(files, str(meta["policy_id"])))
-        return str(meta["policy_id"])
+        self._policy_pub.publish(encode_policy(files, policy_id))
+        return policy_id
 
     # ------------------------------------------------------------ diagnostics
     def diagnostic_status(self) -> DiagnosticStatus:

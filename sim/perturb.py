@@ -92,7 +92,10 @@ def _range(key: str, value: Any, lo: float) -> tuple[float, float]:
 
 
 def _index(model: mujoco.MjModel, key: str, obj: mujoco.mjtObj, count: int, ref: Any) -> int:
-    """Resolve an int index or a name of a MuJoCo object of type ``obj``."""
+    """Resolve an int index or a name of a MuJoCo object of type ``obj``; a string of digits that names no
+    object is an index (JSON, e.g. the sim_robot's ``perturbation`` parameter, has only string keys)."""
+    if isinstance(ref, str) and ref.isdigit() and mujoco.mj_name2id(model, obj, ref) < 0:
+        ref = int(ref)
     if isinstance(ref, (int, np.integer)) and not isinstance(ref, bool):
         if not 0 <= int(ref) < count:
             raise ValueError(f"{key}: index {ref} out of range [0, {count})")

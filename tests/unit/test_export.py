@@ -351,6 +351,15 @@ def test_validate_checks_adapt_file(tmp_path: Path) -> None:
     assert not rt.OnnxPolicy(tmp_path / "policy.onnx").can_adapt
 
 
+def test_policy_bundle_ships_both_graphs(tmp_path: Path) -> None:
+    pid = _export(_policy(trained=True), tmp_path / "policy.onnx")
+    files, bundle_id = rt.read_policy_bundle(tmp_path / "policy.onnx", expected_task="Toy-v0")
+    assert bundle_id == pid and list(files) == ["policy.onnx", "policy.adapt.onnx"]
+    assert files["policy.adapt.onnx"] == (tmp_path / "policy.adapt.onnx").read_bytes()
+    with pytest.raises(rt.PolicyValidationError, match="task"):
+        rt.read_policy_bundle(tmp_path / "policy.onnx", expected_task="Other-v0")
+
+
 def test_export_refuses_bad_input(tmp_path: Path) -> None:
     policy = _policy(trained=False)
     with pytest.raises(ValueError, match="obs names"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 from typing import Any
 
 import gymnasium as gym
@@ -75,6 +76,18 @@ def test_disable_and_weaken_actuators_by_index_or_name() -> None:
     gear[actuator_id(base, "bfoot")] *= 0.25
     np.testing.assert_allclose(pert.actuator_gear, gear)
     assert np.all(fresh({"disable_actuator": [1, 2]}).actuator_gear[1:3] == 0.0)
+
+
+def test_actuator_index_as_json_string_key() -> None:
+    """The sim_robot's perturbation parameter is JSON, whose keys are strings: "0" is actuator 0."""
+    base = fresh()
+    pert = fresh(json.loads('{"weaken_actuator": {"0": 0.3}, "disable_actuator": ["2"]}'))
+    gear = base.actuator_gear.copy()
+    gear[0] *= 0.3
+    gear[2] = 0.0
+    np.testing.assert_allclose(pert.actuator_gear, gear)
+    with pytest.raises(ValueError, match="out of range"):
+        fresh({"weaken_actuator": {"99": 0.5}})
 
 
 def rollout_qpos(env: gym.Env, ctrl: np.ndarray, steps: int = 20) -> np.ndarray:

@@ -1,0 +1,252 @@
+"""Few-shot adaptation through the ROS 2 graph: a perturbed ``sim_robot`` and the real ``controller`` node.
+
+    python benchmarks/adaptation_graph.py --task HalfCheetah-v5 \\
+        --policy MB-MPO=benchmarks/results/runs/HalfCheetah-v5-cpu_small-s0/policy.onnx \\
+        --policy ME-TRPO=benchmarks/results/runs/HalfCheetah-v5-cpu_small_metrpo-s0/policy.onnx \\
+        --seeds 0 1 2 --adapt-episodes 4 --steps 3 \\
+        --out benchmarks/results/adaptation_graph_HalfCheetah-v5.csv \\
+        --plot benchmarks/results/adaptation_graph_HalfCheetah-v5.png
+
+Per (policy, perturbation, seed) one run, as on a robot:
+
+* a ``sim_robot`` process (lockstep, ``perturbation`` = one of :data:`adaptation.PERTURBATIONS`, ``seed``) in a
+  namespace of its own;
+* in this process the real :class:`mbmpo_ros.controller.Controller` in that namespace, with online adaptation on
+  (``adapt_episodes`` = ``--adapt-episodes``, ``adapt_steps_max`` = ``--steps``, no revert, ``explore`` true,
+  ``ramp_s`` 0, ``rate_hz`` = ``--rate-hz``); the policy (with its inner-step graph) arrives latched on
+  ``/mbmpo/policy`` as the learner sends it. The controller runs theta, hands the recorded episodes to its worker
+  thread for the ONNX inner step, switches to theta' at an episode start, and so on for ``--steps`` steps.
+
+A benchmark-only subclass of the controller notes, for every episode the robot finished, the number of inner
+steps of the parameters that ran it, its return and whether it was interrupted by a hold, and the start time of
+every tick with the adapter's phase (``computing`` = an inner step is running in the worker thread).
+
+Reported per run: ``return_theta`` / ``return_<k>step`` = mean return of the uninterrupted episodes run by theta /
+by the parameters after k inner steps (the stochastic episodes the robot really ran, not deterministic
+evaluations), and the tick intervals while an inner step runs and while none does. ME-TRPO policies
+(``inner_lr`` 0) carry an inner-step graph that returns theta unchanged: the same protocol measures them as the
+baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from adaptation import PERTURBATIONS, plot, summary
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class EpisodeRecord:
+    policy_id: str
+    inner_steps: int
+    ret: float
+    length: int
+    interrupted: bool
+
+
+def make_recording_controller(**kwargs: Any) -> Any:
+    """The real controller plus episode and tick records (benchmark only)."""
+    from mbmpo_ros.adaptation import Phase
+    from mbmpo_ros.controller import Controller
+
+    class RecordingController(Controller):
+        def __init__(self, **kw: Any) -> None:
+            self.episodes: list[EpisodeRecord] = []
+            self.ticks: list[tuple[float, bool]] = []  # (monotonic start, an inner step was running)
+            self._ep_meta: tuple[str, int] = ("", 0)
+            self._ep_interrupted = False
+            super().__init__(**kw)
+
+        def _tick(self) -> None:
+            self.ticks.append((time.monotonic(), self.adapter.phase is Phase.COMPUTING))
+            super()._tick()
+
+        def _act(self, obs: np.ndarray) -> None:
+            first = self.book.step == 0
+            super()._act(obs)
+            if first:  # the parameters are chosen at an episode's first step (begin_step)
+                self._ep_meta = (self.policy_id, self.adapter.steps)
+                self._ep_interrupted = False
+
+        def _hold(self, reason: Any) -> None:
+            self._ep_interrupted = True
+            super()._hold(reason)
+
+        def _close_transition(self, obs: np.ndarray) -> bool:
+            ended = super()._close_transition(obs)
+            if ended:
+                pid, steps = self._ep_meta
+                self.episodes.append(EpisodeRecord(pid, steps, self.book.episode_return, self.book.step,
+                                                   self._ep_interrupted))
+            return ended
+
+    return RecordingController(**kwargs)
+
+
+def start_sim_robot(task: str, namespace: str, perturbation: dict, seed: int) -> subprocess.Popen[bytes]:
+    # A YAML-quoted string holding JSON ('' = nominal): unquoted, --ros-args would parse the JSON as a YAML map.
+    pert = f"'{json.dumps(perturbation)}'" if perturbation else "''"
+    cmd = [sys.executable, "-m", "mbmpo_ros.sim_robot", "--ros-args", "-p", f"task:={task}", "-p", f"seed:={seed}",
+           "-p", "lockstep:=true", "-p", f"perturbation:={pert}", "-r", f"__ns:=/{namespace}"]
+    return subprocess.Popen(cmd, cwd=ROOT)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def run_case(args: argparse.Namespace, policy_id: str, horizon: int, namespace: str, pert: dict, seed: int,
+             driver: Any) -> tuple[list[EpisodeRecord], list[tuple[float, bool]]]:
+    """One deployment: sim_robot + controller until the parameters of ``--steps`` inner steps ran a batch."""
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+
+    robot = start_sim_robot(args.task, namespace, pert, seed)
+    params = {"task": args.task, "horizon": horizon, "rate_hz": float(args.rate_hz), "seed": seed, "explore": True,
+              "adapt": True, "adapt_episodes": args.adapt_episodes, "adapt_steps_max": args.steps,
+              "revert_margin": -1.0, "ramp_s": 0.0}
+    ctrl = make_recording_controller(namespace=namespace, parameter_overrides=[Parameter(k, value=v)
+                                                                               for k, v in params.items()])
+    executor = SingleThreadedExecutor()
+    executor.add_node(ctrl)
+    executor.add_node(driver)
+
+    def done() -> bool:
+        last = [e for e in ctrl.episodes if e.policy_id == policy_id and e.inner_steps == args.steps]
+        return len(last) >= args.adapt_episodes
+
+    deadline = time.monotonic() + args.timeout_s
+    try:
+        while not done() and time.monotonic() < deadline and robot.poll() is None:
+            executor.spin_once(timeout_sec=0.05)
+    finally:
+        executor.remove_node(driver)
+        ctrl.destroy_node()
+        executor.shutdown()
+        stop(robot)
+    if robot.returncode not in (None, 0, -signal.SIGINT):
+        print(f"  sim_robot exited with code {robot.returncode}", flush=True)
+    elif not done():
+        print(f"  timed out after {args.timeout_s:.0f} s ({len(ctrl.episodes)} episodes)", flush=True)
+    return [e for e in ctrl.episodes if e.policy_id == policy_id], ctrl.ticks
+
+
+def case_row(episodes: list[EpisodeRecord], steps: int) -> dict[str, float]:
+    """Mean return per number of inner steps (NaN where no uninterrupted episode ran)."""
+    row: dict[str, float] = {}
+    for k in range(steps + 1):
+        rets = [e.ret for e in episodes if e.inner_steps == k and not e.interrupted]
+        row["return_theta" if k == 0 else f"return_{k}step"] = float(np.mean(rets)) if rets else float("nan")
+    row["episodes"] = float(len(episodes))
+    row["interrupted"] = float(sum(e.interrupted for e in episodes))
+    return row
+
+
+def tick_stats(ticks: list[tuple[float, bool]]) -> dict[str, dict[str, float]]:
+    """Tick-start intervals (ms) split by whether an inner step was running at the later tick."""
+    t = np.array([x[0] for x in ticks])
+    busy = np.array([x[1] for x in ticks])[1:]
+    dt = np.diff(t) * 1e3
+    out = {}
+    for name, sel in (("inner step running", busy), ("no inner step", ~busy)):
+        d = dt[sel]
+        out[name] = ({"n": float(d.size), "p50": float(np.percentile(d, 50)), "p99": float(np.percentile(d, 99)),
+                      "max": float(d.max())} if d.size else {"n": 0.0})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--task", default="HalfCheetah-v5")
+    ap.add_argument("--policy", action="append", required=True, metavar="NAME=PATH",
+                    help="a policy variant: a name and its policy.onnx (inner-step graph beside it); repeatable")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--perturbations", nargs="+", default=list(PERTURBATIONS), choices=list(PERTURBATIONS))
+    ap.add_argument("--adapt-episodes", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--rate-hz", type=float, default=500.0, help="controller rate (lockstep: sets the sim speed)")
+    ap.add_argument("--timeout-s", type=float, default=300.0, help="per run")
+    ap.add_argument("--domain-id", type=int, default=41)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--plot", type=Path, required=True)
+    args = ap.parse_args()
+    variants = []
+    for spec in args.policy:
+        name, sep, path = spec.partition("=")
+        if not sep or not Path(path).is_file():
+            ap.error(f"--policy needs NAME=PATH to an existing policy.onnx, got '{spec}'")
+        variants.append((name, Path(path)))
+    os.environ["ROS_DOMAIN_ID"] = str(args.domain_id)  # before rclpy starts, and inherited by the sim_robots
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+
+    import rclpy
+    from rclpy.node import Node
+    from std_msgs.msg import UInt8MultiArray
+
+    from mbmpo_core.onnx_runtime import OnnxPolicy, read_policy_bundle
+    from mbmpo_ros.codec import encode_policy
+    from mbmpo_ros.qos import POLICY_QOS
+
+    rclpy.init()
+    driver = Node("adaptation_graph_driver")
+    rows, ticks = [], []
+    run = 0
+    for name, path in variants:
+        files, policy_id = read_policy_bundle(path, expected_task=args.task)
+        horizon = int(OnnxPolicy(path).metadata["horizon"])
+        publisher = driver.create_publisher(UInt8MultiArray, "/mbmpo/policy", POLICY_QOS)
+        publisher.publish(encode_policy(files, policy_id))
+        for pname in args.perturbations:
+            pert = PERTURBATIONS[pname]
+            for seed in args.seeds:
+                t0 = time.perf_counter()
+                episodes, case_ticks = run_case(args, policy_id, horizon, f"adapt_bench_{run}", pert, seed, driver)
+                run += 1
+                row = {"policy": name, "perturbation": pname, "seed": seed, **case_row(episodes, args.steps)}
+                rows.append(row)
+                ticks += case_ticks if len(case_ticks) > 1 else []
+                print(f"{name:>10} {pname:>15} s{seed}: " + " ".join(
+                    f"{k}={v:.1f}" for k, v in row.items() if k.startswith("return"))
+                      + f" ({row['episodes']:.0f} episodes, {time.perf_counter() - t0:.1f} s)", flush=True)
+        driver.destroy_publisher(publisher)
+    driver.destroy_node()
+    rclpy.try_shutdown()
+    write_csv(rows, args.out)
+    plot(rows, args.steps, args.plot, f"{args.task} through sim_robot + controller (ROS 2): return of the episodes "
+         "run by theta and by theta' after k inner steps", ylabel="return (stochastic episodes)")
+    print(summary(rows, args.steps))
+    print("tick intervals (ms) at", args.rate_hz, "Hz:", json.dumps(tick_stats(ticks)))
+    print(f"wrote {args.out} and {args.plot}")
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+
+
+if __name__ == "__main__":
+    main()
