@@ -228,6 +228,10 @@ def test_sim_mode_end_to_end_improves_over_warmup(ros_graph: Any, tmp_path: Path
     # Random actions balance ~5 steps; the first learned policies balance for tens of steps (horizon 100).
     assert len(learned) >= 3, returns
     assert np.mean(warmup) < 15 and np.mean(learned) > max(30.0, 3 * np.mean(warmup)), (np.mean(warmup), returns)
+    # The controller adapted online (its defaults: 2 episodes of theta, then inner steps): the run directory shows it.
+    data = TransitionStore(run / "transitions").load_all()
+    warmup_rows = data["policy_id"] == "warmup-random"
+    assert data["adapted"][~warmup_rows].any() and not data["adapted"][warmup_rows].any()
 
 
 def run_launcher(cmd: list[str], env: dict[str, str], cwd: Path, timeout_s: float) -> subprocess.CompletedProcess[str]:
