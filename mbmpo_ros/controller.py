@@ -55,7 +55,8 @@ from std_srvs.srv import Trigger
 
 from mbmpo_core.onnx_runtime import OnnxPolicy, validate_policy_file
 from mbmpo_ros.adaptation import AdaptJob, AdaptResult, OnlineAdapter
-from mbmpo_ros.codec import CodecError, decode_policy, encode_command, encode_transitions
+from mbmpo_ros.codec import CodecError, TransitionBatch, decode_policy, encode_command, encode_transitions
+from mbmpo_ros.outbox import Outbox
 from mbmpo_ros.qos import COMMAND_QOS, DIAGNOSTICS_QOS, POLICY_QOS, STATE_QOS, TRANSITIONS_QOS
 from mbmpo_ros.safety import EpisodeBook, HoldReason, SafetyChain, hold_reason, obs_from_joint_state
 from mbmpo_ros.spin import run_node
@@ -99,6 +100,8 @@ class Controller(Node):
         )
         self.book = EpisodeBook(self.task.horizon, self.task.reward, self.task.done,
                                 int(p("batch_size", 50, "transitions per published batch")), robot=self.robot_id)
+        self.outbox: Outbox[TransitionBatch] = Outbox(
+            int(p("outbox_batches", 2000, "batches kept while no learner subscribes (oldest dropped beyond)")))
         self.adapt_enabled = bool(p("adapt", True, "few-shot adaptation online (needs the adapt graph and explore)"))
         margin = float(p("revert_margin", 0.0, "revert to theta if adapted return < theta's - this; < 0 = never"))
         self.adapter = OnlineAdapter(int(p("adapt_episodes", 2, "episodes per adaptation batch")),
@@ -184,6 +187,8 @@ class Controller(Node):
 
     # ---------------------------------------------------------------------------------------- tick
     def _tick(self) -> None:
+        if len(self.outbox):  # a backlog goes out whenever a learner is there, also while the robot waits
+            self.outbox.flush(self._send_batch, self._tr_pub.get_subscription_count())
         if self._next_policy is not None:
             self.policy, self._next_policy = self._next_policy, None
             self.policy_id = self.policy.policy_id
@@ -266,11 +271,18 @@ class Controller(Node):
         self._cmd_pub.publish(encode_command(self.safety.hold()))
 
     def _publish_batches(self) -> None:
-        for batch in self.book.take_batches():
-            try:
-                self._tr_pub.publish(encode_transitions(batch))
-            except CodecError as exc:  # should not happen: obs are finite; never kill the loop over it
-                self.get_logger().error(f"dropping transition batch {batch.seq}: {exc}")
+        """Queue the book's new batches; send the queue in order while a learner subscribes (see outbox)."""
+        if self.outbox.add(self.book.take_batches()):
+            self.get_logger().warning(
+                f"no learner for {len(self.outbox)} batches: dropped the oldest ({self.outbox.dropped} so far); "
+                "raise outbox_batches to keep more", throttle_duration_sec=10.0)
+        self.outbox.flush(self._send_batch, self._tr_pub.get_subscription_count())
+
+    def _send_batch(self, batch: TransitionBatch) -> None:
+        try:
+            self._tr_pub.publish(encode_transitions(batch))
+        except CodecError as exc:  # should not happen: obs are finite; never kill the loop over it
+            self.get_logger().error(f"dropping transition batch {batch.seq}: {exc}")
 
     # ---------------------------------------------------------------------------------------- adaptation
     def _submit(self, job: AdaptJob | None) -> None:
@@ -368,19 +380,30 @@ class Controller(Node):
             "robot_id": self.robot_id, "policy_id": self.policy_id, "episodes": str(self.book.episodes_done),
             "last_episode_return": "" if last is None else f"{last:.6g}",
             "rejected_policies": str(self.rejected_policies), "reset_timeouts": str(self.reset_timeouts),
-            "batches_published": str(self.book.seq), "estop": str(self.estop),
+            "batches_made": str(self.book.seq), "batches_sent": str(self.outbox.sent),
+            "batches_waiting_for_learner": str(len(self.outbox)), "batches_dropped": str(self.outbox.dropped),
+            "estop": str(self.estop),
             "lifecycle": self.lifecycle.value, "action_scale": f"{self.action_scale:.3g}",
             **self.adapter.summary(),
         }
         values.update({f"hold.{r.value}": str(self.hold_counts[r.value]) for r in HoldReason})
         return values
 
+    def _holding(self) -> bool:
+        stale = self._state is not None and time.monotonic() - self._state[2] > self.state_timeout_s
+        return self.lifecycle is not Lifecycle.ACTIVE or self.estop or stale
+
+    def diagnostics_message(self) -> str:
+        """The one-line status on /diagnostics."""
+        message = "holding" if self._holding() else "running"
+        if len(self.outbox):
+            message += f"; {len(self.outbox)} transition batches wait for a learner"
+        return message
+
     def _publish_diagnostics(self) -> None:
         status = DiagnosticStatus(name=f"mbmpo controller {self.robot_id}", hardware_id=self.robot_id)
-        stale = self._state is not None and time.monotonic() - self._state[2] > self.state_timeout_s
-        holding = self.lifecycle is not Lifecycle.ACTIVE or self.estop or stale
-        status.level = DiagnosticStatus.WARN if holding else DiagnosticStatus.OK
-        status.message = "holding" if holding else "running"
+        status.level = DiagnosticStatus.WARN if self._holding() or self.outbox.dropped else DiagnosticStatus.OK
+        status.message = self.diagnostics_message()
         status.values = [KeyValue(key=k, value=v) for k, v in self.diagnostics().items()]
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.get_clock().now().to_msg()

@@ -145,3 +145,25 @@ def test_unanswered_reset_is_asked_again_and_the_loop_goes_on(ros_graph: Any) ->
     controller._reset_client = real
     done = controller.book.episodes_done
     assert ros_graph.spin_until(lambda: controller.book.episodes_done >= done + 2, 20.0)
+
+
+def test_batches_made_before_any_learner_reach_a_late_learner_in_order(ros_graph: Any) -> None:
+    from std_msgs.msg import Float64MultiArray
+
+    start_sim(ros_graph)
+    controller = start_controller(ros_graph)
+    # No subscriber on the transitions topic yet: the batches wait in the controller.
+    assert ros_graph.spin_until(lambda: len(controller.outbox) >= 6, 20.0)
+    assert controller.outbox.sent == 0 and "wait for a learner" in controller.diagnostics_message()
+    batches = collect(ros_graph, f"/{NS}/mbmpo/transitions", Float64MultiArray, TRANSITIONS_QOS)
+    assert ros_graph.spin_until(lambda: len(batches) >= 10, 20.0)
+    seqs = [decode_transitions(m).seq for m in batches]
+    assert seqs == list(range(len(seqs)))  # from the first batch the robot made, none lost, in order
+    assert controller.outbox.dropped == 0
+
+
+def test_outbox_cap_drops_the_oldest_and_says_so(ros_graph: Any) -> None:
+    start_sim(ros_graph)
+    controller = start_controller(ros_graph, outbox_batches=3)
+    assert ros_graph.spin_until(lambda: controller.outbox.dropped >= 2, 20.0)
+    assert len(controller.outbox) == 3 and int(controller.diagnostics()["batches_dropped"]) >= 2
