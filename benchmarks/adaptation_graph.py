@@ -19,7 +19,8 @@ Per (policy, perturbation, seed) one run, as on a robot:
 
 A benchmark-only subclass of the controller notes, for every episode the robot finished, the number of inner
 steps of the parameters that ran it, its return and whether it was interrupted by a hold, and the start time of
-every tick with the adapter's phase (``computing`` = an inner step is running in the worker thread).
+every tick once the policy runs, whether an inner step was running in the worker thread at that moment, and
+the wall time of every inner step (advantages + ONNX step).
 
 Reported per run: ``return_theta`` / ``return_<k>step`` = mean return of the uninterrupted episodes run by theta /
 by the parameters after k inner steps (the stochastic episodes the robot really ran, not deterministic
@@ -61,20 +62,35 @@ class EpisodeRecord:
 
 def make_recording_controller(**kwargs: Any) -> Any:
     """The real controller plus episode and tick records (benchmark only)."""
-    from mbmpo_ros.adaptation import Phase
     from mbmpo_ros.controller import Controller
 
     class RecordingController(Controller):
         def __init__(self, **kw: Any) -> None:
             self.episodes: list[EpisodeRecord] = []
-            self.ticks: list[tuple[float, bool]] = []  # (monotonic start, an inner step was running)
+            self.ticks: list[float] = []  # monotonic start of every tick
+            self.step_spans: list[tuple[float, float]] = []  # monotonic (start, end) of each inner step
             self._ep_meta: tuple[str, int] = ("", 0)
             self._ep_interrupted = False
             super().__init__(**kw)
 
         def _tick(self) -> None:
-            self.ticks.append((time.monotonic(), self.adapter.phase is Phase.COMPUTING))
+            if self.policy is not None:  # from the first tick with the benchmarked policy (not start-up)
+                self.ticks.append(time.monotonic())
             super()._tick()
+
+        def _submit(self, job: Any) -> None:
+            if job is not None:  # time the inner step in the worker thread
+                run = job.run
+
+                def timed_run() -> Any:
+                    t0 = time.monotonic()
+                    try:
+                        return run()
+                    finally:
+                        self.step_spans.append((t0, time.monotonic()))
+
+                job.run = timed_run
+            super()._submit(job)
 
         def _act(self, obs: np.ndarray) -> None:
             first = self.book.step == 0
@@ -116,7 +132,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def run_case(args: argparse.Namespace, policy_id: str, horizon: int, namespace: str, pert: dict, seed: int,
-             driver: Any) -> tuple[list[EpisodeRecord], list[tuple[float, bool]]]:
+             driver: Any) -> tuple[list[EpisodeRecord], list[float], list[tuple[float, float]]]:
     """One deployment: sim_robot + controller until the parameters of ``--steps`` inner steps ran a batch."""
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
@@ -148,7 +164,7 @@ def run_case(args: argparse.Namespace, policy_id: str, horizon: int, namespace: 
         print(f"  sim_robot exited with code {robot.returncode}", flush=True)
     elif not done():
         print(f"  timed out after {args.timeout_s:.0f} s ({len(ctrl.episodes)} episodes)", flush=True)
-    return [e for e in ctrl.episodes if e.policy_id == policy_id], ctrl.ticks
+    return [e for e in ctrl.episodes if e.policy_id == policy_id], ctrl.ticks, ctrl.step_spans
 
 
 def case_row(episodes: list[EpisodeRecord], steps: int) -> dict[str, float]:
@@ -162,13 +178,24 @@ def case_row(episodes: list[EpisodeRecord], steps: int) -> dict[str, float]:
     return row
 
 
-def tick_stats(ticks: list[tuple[float, bool]]) -> dict[str, dict[str, float]]:
-    """Tick-start intervals (ms) split by whether an inner step was running at the later tick."""
-    t = np.array([x[0] for x in ticks])
-    busy = np.array([x[1] for x in ticks])[1:]
-    dt = np.diff(t) * 1e3
+def tick_intervals(ticks: list[float], spans: list[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
+    """One run's tick-start intervals (ms) ``[n-1]`` and whether an inner step ran during each interval (a tick
+    the worker thread delays starts late, after the step: the interval, not the tick, overlaps it)."""
+    if len(ticks) < 2:
+        return np.zeros(0), np.zeros(0, bool)
+    t = np.array(ticks)
+    overlap = np.zeros(len(t) - 1, bool)
+    for start, end in spans:
+        overlap |= (t[:-1] < end) & (t[1:] > start)
+    return np.diff(t) * 1e3, overlap
+
+
+def tick_stats(intervals: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, dict[str, float]]:
+    """p50 / p99 / max of the tick intervals of all runs, split by whether an inner step was running."""
+    dt = np.concatenate([d for d, _ in intervals])
+    busy = np.concatenate([b for _, b in intervals])
     out = {}
-    for name, sel in (("inner step running", busy), ("no inner step", ~busy)):
+    for name, sel in (("overlapping an inner step", busy), ("no inner step", ~busy)):
         d = dt[sel]
         out[name] = ({"n": float(d.size), "p50": float(np.percentile(d, 50)), "p99": float(np.percentile(d, 99)),
                       "max": float(d.max())} if d.size else {"n": 0.0})
@@ -209,7 +236,9 @@ def main() -> None:
 
     rclpy.init()
     driver = Node("adaptation_graph_driver")
-    rows, ticks = [], []
+    rows: list[dict[str, Any]] = []
+    intervals: list[tuple[np.ndarray, np.ndarray]] = []
+    step_ms: list[float] = []
     run = 0
     for name, path in variants:
         files, policy_id = read_policy_bundle(path, expected_task=args.task)
@@ -220,11 +249,13 @@ def main() -> None:
             pert = PERTURBATIONS[pname]
             for seed in args.seeds:
                 t0 = time.perf_counter()
-                episodes, case_ticks = run_case(args, policy_id, horizon, f"adapt_bench_{run}", pert, seed, driver)
+                namespace = f"adapt_bench_{run}"
+                episodes, case_ticks, case_spans = run_case(args, policy_id, horizon, namespace, pert, seed, driver)
                 run += 1
                 row = {"policy": name, "perturbation": pname, "seed": seed, **case_row(episodes, args.steps)}
                 rows.append(row)
-                ticks += case_ticks if len(case_ticks) > 1 else []
+                intervals.append(tick_intervals(case_ticks, case_spans))
+                step_ms += [1e3 * (end - start) for start, end in case_spans]
                 print(f"{name:>10} {pname:>15} s{seed}: " + " ".join(
                     f"{k}={v:.1f}" for k, v in row.items() if k.startswith("return"))
                       + f" ({row['episodes']:.0f} episodes, {time.perf_counter() - t0:.1f} s)", flush=True)
@@ -235,7 +266,10 @@ def main() -> None:
     plot(rows, args.steps, args.plot, f"{args.task} through sim_robot + controller (ROS 2): return of the episodes "
          "run by theta and by theta' after k inner steps", ylabel="return (stochastic episodes)")
     print(summary(rows, args.steps))
-    print("tick intervals (ms) at", args.rate_hz, "Hz:", json.dumps(tick_stats(ticks)))
+    print(f"tick intervals (ms) at {args.rate_hz:g} Hz:", json.dumps(tick_stats(intervals)))
+    if step_ms:
+        print(f"inner step wall time (ms, {len(step_ms)} steps): p50 {np.percentile(step_ms, 50):.2f} "
+              f"max {max(step_ms):.2f}")
     print(f"wrote {args.out} and {args.plot}")
 
 
