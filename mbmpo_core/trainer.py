@@ -23,6 +23,7 @@ import torch
 from mbmpo_core.advantages import compute_advantages
 from mbmpo_core.config import Config, save_config
 from mbmpo_core.ensemble import DynamicsEnsemble
+from mbmpo_core.episodes import pad_episodes
 from mbmpo_core.export import export_policy
 from mbmpo_core.imagination import Imagined, imagine
 from mbmpo_core.meta import Alpha, MetaOptimizer, RolloutBatch, inner_step
@@ -320,20 +321,14 @@ def episodes_as_task(batch: RealBatch, horizon: int, device: torch.device) -> Im
     rewards/mask [1, E, H]; episodes shorter than the horizon are zero-padded with mask 0."""
     starts = np.flatnonzero(batch.step == 0)
     ends = np.append(starts[1:], len(batch))
-    num = len(starts)
-    obs = np.zeros((1, num, horizon, batch.obs.shape[1]))
-    act = np.zeros((1, num, horizon, batch.act_raw.shape[1]))
-    rewards = np.zeros((1, num, horizon))
-    mask = np.zeros((1, num, horizon))
-    for e, (lo, hi) in enumerate(zip(starts, ends, strict=True)):
-        n = hi - lo
-        obs[0, e, :n], act[0, e, :n] = batch.obs[lo:hi], batch.act_raw[lo:hi]
-        rewards[0, e, :n], mask[0, e, :n] = batch.reward[lo:hi], 1.0
+    padded = pad_episodes([(batch.obs[lo:hi], batch.act_raw[lo:hi], batch.reward[lo:hi])
+                           for lo, hi in zip(starts, ends, strict=True)], horizon)
 
     def t(x: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(x, dtype=torch.float32, device=device)
+        return torch.as_tensor(x[None], dtype=torch.float32, device=device)
 
-    return Imagined(obs=t(obs), act=t(act), rewards=t(rewards), mask=t(mask))
+    obs, act, rewards, mask = (t(x) for x in padded)
+    return Imagined(obs=obs, act=act, rewards=rewards, mask=mask)
 
 
 def adapt_on_real(policy: GaussianMLPPolicy, batch: RealBatch, alpha: Alpha, gamma: float, lam: float,

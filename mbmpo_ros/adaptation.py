@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from mbmpo_core.episodes import pad_episodes
 from mbmpo_core.onnx_runtime import compute_advantages
 
 Params = dict[str, np.ndarray]
@@ -75,18 +76,8 @@ class Episode:
 
 def episodes_to_arrays(episodes: list[Episode]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Episodes -> ``obs [E, H, obs_dim], act [E, H, act_dim], rewards [E, H], mask [E, H]`` (float64),
-    zero-padded with mask 0 to the longest episode (as ``trainer.episodes_as_task``; padding to the
-    training horizon instead gives the same advantages on the valid steps)."""
-    horizon = max(len(e.rewards) for e in episodes)
-    obs_dim, act_dim = episodes[0].obs[0].shape[0], episodes[0].act[0].shape[0]
-    obs = np.zeros((len(episodes), horizon, obs_dim))
-    act = np.zeros((len(episodes), horizon, act_dim))
-    rewards = np.zeros((len(episodes), horizon))
-    mask = np.zeros((len(episodes), horizon))
-    for i, e in enumerate(episodes):
-        n = len(e.rewards)
-        obs[i, :n], act[i, :n], rewards[i, :n], mask[i, :n] = np.stack(e.obs), np.stack(e.act), e.rewards, 1.0
-    return obs, act, rewards, mask
+    zero-padded with mask 0 to the longest episode (as the trainer pads real episodes)."""
+    return pad_episodes([(np.stack(e.obs), np.stack(e.act), np.asarray(e.rewards)) for e in episodes])
 
 
 @dataclass

@@ -410,13 +410,18 @@ class Controller(Node):
         self._diag_pub.publish(msg)
 
     def destroy_node(self) -> None:
-        """Remove the temporary policy files with the node (absent if the constructor failed early)."""
+        """Stop the worker threads and remove the temporary policy files (each absent if the constructor failed
+        early). A running validation is waited for (it writes into the folder removed next); a running inner
+        step finishes on its own."""
+        policy_pool = getattr(self, "_policy_pool", None)
+        if policy_pool is not None:
+            policy_pool.shutdown(wait=True, cancel_futures=True)
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
         tmp = getattr(self, "_tmp", None)
         if tmp is not None:
             tmp.cleanup()
-        for pool in (getattr(self, "_pool", None), getattr(self, "_policy_pool", None)):
-            if pool is not None:  # a running inner step or validation finishes on its own; nothing waits for it
-                pool.shutdown(wait=False, cancel_futures=True)
         super().destroy_node()
 
 
