@@ -3,7 +3,8 @@
 The transitions topic is VOLATILE (a late learner must not receive a robot's whole history from the DDS
 writer, which would hold it in memory without bound). Instead the controller holds the batches made while no
 subscriber is matched, up to ``capacity`` (oldest dropped first, counted), and sends them in order, at most
-``burst`` per call, once one is: a learner started late or restarted loses nothing the cap kept.
+``burst`` per call, once one is: a learner started late or restarted loses nothing the cap kept. Any matched
+subscriber counts (a ``ros2 topic echo`` too): the controller cannot tell a learner from another reader.
 Pure logic (no ROS): the node passes the send function and the subscriber count.
 """
 
