@@ -9,8 +9,8 @@
 
 Per (policy, perturbation, seed) one run, as on a robot:
 
-* a ``sim_robot`` process (lockstep, ``perturbation`` = one of :data:`adaptation.PERTURBATIONS`, ``seed``) in a
-  namespace of its own;
+* a ``sim_robot`` process (lockstep, ``perturbation`` = one of :data:`adaptation.PERTURBATIONS`, seed
+  ``1000 * seed``) in a namespace of its own;
 * in this process the real :class:`mbmpo_ros.controller.Controller` in that namespace, with online adaptation on
   (``adapt_episodes`` = ``--adapt-episodes``, ``adapt_steps_max`` = ``--steps``, no revert, ``explore`` true,
   ``ramp_s`` 0, ``rate_hz`` = ``--rate-hz``); the policy (with its inner-step graph) arrives latched on
@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adaptation import PERTURBATIONS, plot, summary
 
 ROOT = Path(__file__).resolve().parent.parent
+SIM_SEED_STRIDE = 1000  # > episodes per run
 
 
 @dataclass
@@ -137,7 +138,8 @@ def run_case(args: argparse.Namespace, policy_id: str, horizon: int, namespace: 
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
 
-    robot = start_sim_robot(args.task, namespace, pert, seed)
+    # sim_robot resets with its seed + reset count: seeds 1000 apart keep runs from sharing initial states.
+    robot = start_sim_robot(args.task, namespace, pert, SIM_SEED_STRIDE * seed)
     params = {"task": args.task, "horizon": horizon, "rate_hz": float(args.rate_hz), "seed": seed, "explore": True,
               "adapt": True, "adapt_episodes": args.adapt_episodes, "adapt_steps_max": args.steps,
               "revert_margin": -1.0, "ramp_s": 0.0}
