@@ -1,6 +1,7 @@
 """``controller``: the on-robot loop. Observation from ``joint_states`` -> ONNX policy (onnxruntime) ->
 safety chain -> ``command``; transitions (reward and done computed from observations with the task spec)
-batched to ``mbmpo/transitions`` (kept in :mod:`mbmpo_ros.outbox` while no learner subscribes); policies hot-swapped from ``/mbmpo/policy``; health on ``/diagnostics``.
+batched to ``mbmpo/transitions`` (kept in :mod:`mbmpo_ros.outbox` while no learner subscribes); policies
+hot-swapped from ``/mbmpo/policy``; health on ``/diagnostics``.
 
 Never imports torch (checked by a test): the policy runs on :mod:`mbmpo_core.onnx_runtime`.
 
