@@ -117,16 +117,16 @@ def run_controller(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------ driver process
 def export_fresh_policy(task: Any, folder: Path) -> tuple[dict[str, bytes], str]:
     from mbmpo_core.export import export_policy
+    from mbmpo_core.onnx_runtime import read_policy_bundle
     from mbmpo_core.policy import GaussianMLPPolicy
 
     path = folder / "policy.onnx"
-    pid = export_policy(
+    export_policy(
         GaussianMLPPolicy(task.obs_dim, task.act_dim, hidden_sizes=(32, 32)), path, task_name=task.name,
         obs_names=task.obs_names, act_names=task.act_names, joint_names=task.joint_names,
         action_low=task.action_low, action_high=task.action_high, control_rate_hz=1.0 / task.dt,
         horizon=task.horizon, inner_lr=0.001, gamma=0.99, gae_lambda=1.0, iteration=0)
-    adapt = path.with_suffix(".adapt.onnx")
-    return {path.name: path.read_bytes(), adapt.name: adapt.read_bytes()}, pid
+    return read_policy_bundle(path)
 
 
 def run_driver(args: argparse.Namespace) -> int:

@@ -55,9 +55,3 @@ def export_small_policy(path: Path, task: Any, task_name: str, inner_lr: float) 
         joint_names=task.joint_names, action_low=task.action_low, action_high=task.action_high,
         control_rate_hz=1.0 / task.dt, horizon=15, inner_lr=inner_lr, gamma=0.99, gae_lambda=1.0, iteration=0,
     )
-
-
-def policy_files(path: Path) -> dict[str, bytes]:
-    """What the learner publishes: the policy graph, then the inner-step graph beside it."""
-    adapt = path.with_suffix(".adapt.onnx")
-    return {path.name: path.read_bytes(), adapt.name: adapt.read_bytes()}

@@ -11,8 +11,9 @@ import pytest
 
 pytest.importorskip("rclpy", reason="needs the ROS 2 wheels (pip install -e '.[ros]')")
 
-from node_helpers import NS, TASK, collect, export_small_policy, policy_files, start_controller, start_sim
+from node_helpers import NS, TASK, collect, export_small_policy, start_controller, start_sim
 
+from mbmpo_core.onnx_runtime import read_policy_bundle
 from mbmpo_ros.codec import decode_command, decode_transitions, encode_policy
 from mbmpo_ros.qos import COMMAND_QOS, POLICY_QOS, TRANSITIONS_QOS
 
@@ -36,7 +37,7 @@ def test_controller_adapts_online(ros_graph: Any, tmp_path: Path) -> None:
 
     pid = export_small_policy(tmp_path / "policy.onnx", make_task(TASK, horizon=15), TASK, inner_lr=0.5)
     pub = ros_graph.node("learner_stub").create_publisher(UInt8MultiArray, "/mbmpo/policy", POLICY_QOS)
-    pub.publish(encode_policy(policy_files(tmp_path / "policy.onnx"), pid))
+    pub.publish(encode_policy(*read_policy_bundle(tmp_path / "policy.onnx")))
     batches = collect(ros_graph, f"/{NS}/mbmpo/transitions", Float64MultiArray, TRANSITIONS_QOS)
     commands = collect(ros_graph, f"/{NS}/command", Float64MultiArray, COMMAND_QOS)
     start_sim(ros_graph)
