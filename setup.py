@@ -55,5 +55,15 @@ setup(
             "controller = mbmpo_ros.controller:main",
             "learner = mbmpo_ros.learner:main",
         ],
+        # The MuJoCo tasks of sim/, resolved by name through mbmpo_core.registry.
+        "mbmpo.tasks": [
+            "HalfCheetah-v5 = sim.tasks:make_task",
+            "Hopper-v5 = sim.tasks:make_task",
+            "Walker2d-v5 = sim.tasks:make_task",
+            "Swimmer-v5 = sim.tasks:make_task",
+            "Ant-v5 = sim.tasks:make_task",
+            "InvertedPendulum-v5 = sim.tasks:make_task",
+            "Reacher-v5 = sim.tasks:make_task",
+        ],
     },
 )

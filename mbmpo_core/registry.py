@@ -1,0 +1,81 @@
+"""Tasks by name: the one place nodes, the CLI and the trainer turn a ``task`` string into a :class:`TaskSpec`.
+
+A name resolves, in this order, to
+
+* a task registered in this process with :func:`register` (tests, notebooks);
+* a task an installed package declares under the ``mbmpo.tasks`` entry-point group (``sim`` declares the MuJoCo
+  tasks this way in ``setup.py``; a lab's robot package declares its own);
+* ``"package.module:factory"``: the factory itself, as gymnasium's ``register(entry_point=...)`` takes it.
+
+A factory is called as ``factory(name, horizon=horizon)`` and returns an object with :class:`TaskSpec`'s fields.
+This module imports no simulator: a task's package is imported only when that task is made, so a robot whose task
+is not a MuJoCo model never loads MuJoCo.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any
+
+from mbmpo_core.task import TaskSpec
+
+ENTRY_POINT_GROUP = "mbmpo.tasks"
+TaskFactory = Callable[..., Any]
+
+_registered: dict[str, str | TaskFactory] = {}
+
+
+class UnknownTaskError(ValueError):
+    """A task name that resolves to nothing; the message is one line and lists the known names."""
+
+
+def register(name: str, entry_point: str | TaskFactory) -> None:
+    """Make ``name`` resolve to ``entry_point`` (a factory or a ``"package.module:factory"`` string)."""
+    _registered[name] = entry_point
+
+
+def _declared() -> dict[str, str]:
+    """Entry points of the ``mbmpo.tasks`` group: task name -> ``"module:factory"``."""
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def task_names() -> list[str]:
+    """Every name that resolves without a ``module:factory`` string, sorted."""
+    return sorted({*_declared(), *_registered})
+
+
+def _load(entry_point: str) -> TaskFactory:
+    module_name, _, attr = entry_point.partition(":")
+    if not module_name or not attr:
+        raise UnknownTaskError(f"task entry point {entry_point!r} is not 'package.module:factory'")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as exc:
+        raise UnknownTaskError(f"task entry point {entry_point!r} cannot be loaded ({exc})") from None
+    if not callable(target):
+        raise UnknownTaskError(f"task entry point {entry_point!r} is not callable")
+    return target  # type: ignore[no-any-return]
+
+
+def resolve(name: str) -> TaskFactory:
+    """The factory for ``name``; :class:`UnknownTaskError` (one line) if nothing provides it."""
+    if name in _registered:
+        found = _registered[name]
+        return _load(found) if isinstance(found, str) else found
+    declared = _declared()
+    if name in declared:
+        return _load(declared[name])
+    if ":" in name:
+        return _load(name)
+    raise UnknownTaskError(f"unknown task {name!r}; valid names: {', '.join(task_names())} "
+                           "(or 'package.module:factory')")
+
+
+def make_task(name: str, horizon: int = 1000) -> TaskSpec:
+    """Build task ``name`` with episodes of ``horizon`` steps (see the module docstring for how it resolves)."""
+    task: TaskSpec = resolve(name)(name, horizon=horizon)
+    return task
