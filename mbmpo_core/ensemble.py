@@ -11,30 +11,27 @@ weights (warm start; nothing is ever re-initialized).
 
 Training details (choices documented here because they matter for MB-MPO):
 
-* **Split.** Every ``fit`` draws, per model, its own random permutation of the
-  data: the first ``1 - valid_fraction`` are that model's training set, the
-  rest its validation set (``split_indices``). The split is redrawn on every
-  call, so after a warm start part of a model's validation set may have been
-  trained on before; its validation loss is then slightly optimistic. That
-  only affects the stopping point, never the data the policy sees.
-* **Early stopping (rolling average of the validation loss).** Before
-  the first epoch every model's validation MSE ``v_0`` is measured and the
-  rolling average starts at ``avg_0 = 1.5 * v_0`` (slack so that the first,
-  noisy epochs of a warm-started fit, where Adam's first steps can bump the
-  loss, do not stop it at once). After epoch ``e`` with validation MSE
-  ``v_e``, model k stops if ``v_e > avg_{e-1}`` (equivalently: the rolling
-  average would increase), otherwise
-  ``avg_e = decay * avg_{e-1} + (1 - decay) * v_e``. With ``decay = 0.99``
-  the average is very persistent: a fresh model whose loss falls steeply
-  essentially never triggers it within ~50 epochs; it fires when the
-  validation loss climbs back above its long-run level (over-fitting, as on
-  small or noisy datasets). Training ends when every model stopped or after
-  ``max_epochs``. A smaller decay (e.g. 0.9) stops much earlier.
+* **Rows and the split.** ``fit`` receives all data so far (or its FIFO tail):
+  row ``j`` of its arrays is row ``first_row + j`` of the run's transition
+  stream, in the order the rows were stored. Every model holds out its own
+  ``valid_fraction`` of the rows for validation. Whether row ``i`` is a
+  validation row of model ``k`` is a fixed pseudo-random function of
+  ``(seed, k, i)`` (:meth:`DynamicsEnsemble.validation_mask`): a row never moves
+  between a model's training and validation sets across fits, the split
+  needs no state of its own (a resumed run has it), and the FIFO tail keeps the
+  assignment of the rows it keeps, provided the caller passes ``first_row``.
+  Per-model set sizes are therefore binomial around ``valid_fraction``.
+* **Early stopping (patience).** After every epoch, a model whose validation
+  MSE has not improved by a relative ``improvement_threshold`` (1 %) on the
+  best of this fit for ``patience`` (5) epochs in a row stops training (MBPO's
+  rule); the first epoch of a fit always counts as an improvement. Training
+  ends when every model stopped or after ``max_epochs``.
 * **Best weights.** Each model keeps the weights of its lowest validation MSE
-  seen during the fit (including the starting weights), and these are
-  restored at the end. Models are independent (separate parameters; Adam is
-  element-wise), so restoring a stopped model's snapshot is exactly
-  equivalent to having frozen it; stopped models also get zero loss weight.
+  over the epochs of this fit, and these are restored at the end. The
+  starting weights are never restored: they have not seen the newest rows.
+  Models are independent (separate parameters; Adam is element-wise), so
+  restoring a stopped model's snapshot is exactly equivalent to having frozen
+  it; stopped models also get zero loss weight.
 * **Optimizer.** A fresh Adam (``lr``) per ``fit``: stale moments from the
   previous dataset would otherwise kick the warm-started weights.
 
@@ -56,6 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mbmpo_core.config import EnsembleConfig
 from mbmpo_core.normalizer import Normalizer
 
 ArrayLike = np.ndarray | torch.Tensor
@@ -68,8 +66,10 @@ _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "elu": nn.functional.elu,
 }
 
-# Initial rolling average = slack * pre-training validation loss (see module doc).
-_ROLLING_INIT_SLACK = 1.5
+# Odd 64-bit constants of the split hash (golden ratio and splitmix64's finalizer).
+_GOLDEN = 0x9E3779B97F4A7C15
+_MIX1, _MIX2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+_MODEL_KEY, _SEED_KEY = 0xD1B54A32D192ED03, 0x8CB92BA72F3D8DD7
 
 # Rows per forward chunk when evaluating whole datasets; bounds the hidden
 # activations to K * chunk * hidden floats (5 * 8192 * 512 * 4 B = 84 MB).
@@ -97,7 +97,7 @@ class FitReport:
     epochs: np.ndarray  # epochs each model was trained
     train_mse: np.ndarray  # final (restored-weights) training MSE
     valid_mse: np.ndarray  # final (restored-weights) validation MSE
-    initial_valid_mse: np.ndarray  # validation MSE before the first epoch
+    initial_valid_mse: np.ndarray  # validation MSE before the first epoch (same rows: the split is stable)
     seconds: float
     history_valid_mse: list[np.ndarray] = field(default_factory=list)  # one [K] per epoch
 
@@ -113,7 +113,9 @@ class DynamicsEnsemble(nn.Module):
         lr: Adam learning rate.
         batch_size: minibatch size per model.
         valid_fraction: fraction of the data each model holds out for early stopping.
-        early_stop_decay: persistence of the rolling validation average (see module doc).
+        patience: a model stops after this many epochs without a relative validation improvement
+            of ``improvement_threshold`` (see module doc).
+        improvement_threshold: relative validation-MSE decrease that counts as an improvement.
         max_epochs: default epoch cap of :meth:`fit`.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...; all tensors live there.
         seed: seeds the initialization and all of ``fit``'s randomness.
@@ -130,7 +132,8 @@ class DynamicsEnsemble(nn.Module):
         lr: float = 1e-3,
         batch_size: int = 500,
         valid_fraction: float = 0.2,
-        early_stop_decay: float = 0.99,
+        patience: int = 5,
+        improvement_threshold: float = 0.01,
         max_epochs: int = 50,
         device: str | torch.device = "cpu",
         seed: int = 0,
@@ -141,8 +144,10 @@ class DynamicsEnsemble(nn.Module):
             raise ValueError(f"unknown activation {activation!r}; choose from {sorted(_ACTIVATIONS)}")
         if not 0.0 < valid_fraction < 1.0:
             raise ValueError(f"valid_fraction must be in (0, 1), got {valid_fraction}")
-        if num_models < 1 or batch_size < 1 or max_epochs < 1:
-            raise ValueError("num_models, batch_size and max_epochs must be >= 1")
+        if num_models < 1 or batch_size < 1 or max_epochs < 1 or patience < 1:
+            raise ValueError("num_models, batch_size, max_epochs and patience must be >= 1")
+        if not 0.0 <= improvement_threshold < 1.0:
+            raise ValueError(f"improvement_threshold must be in [0, 1), got {improvement_threshold}")
         self.obs_dim = int(obs_dim)
         self.act_dim = int(act_dim)
         self.num_models = int(num_models)
@@ -151,7 +156,8 @@ class DynamicsEnsemble(nn.Module):
         self.lr = float(lr)
         self.batch_size = int(batch_size)
         self.valid_fraction = float(valid_fraction)
-        self.early_stop_decay = float(early_stop_decay)
+        self.patience = int(patience)
+        self.improvement_threshold = float(improvement_threshold)
         self.max_epochs = int(max_epochs)
         self.seed = int(seed)
         self.ignored_obs = tuple(int(i) for i in ignored_obs)
@@ -164,10 +170,26 @@ class DynamicsEnsemble(nn.Module):
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         self._init_layers()
-        # Split of the latest fit: ([K, n_train], [K, n_valid]) row indices.
-        self.split_indices: tuple[torch.Tensor, torch.Tensor] | None = None
         self._fit_calls = 0
         self.to(torch.device(device))
+
+    @classmethod
+    def from_config(
+        cls,
+        obs_dim: int,
+        act_dim: int,
+        cfg: EnsembleConfig,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        ignored_obs: tuple[int, ...] | list[int] = (),
+    ) -> DynamicsEnsemble:
+        """The ensemble an :class:`~mbmpo_core.config.EnsembleConfig` describes (its ``capacity`` is the caller's)."""
+        return cls(
+            obs_dim, act_dim, num_models=cfg.num_models, hidden_sizes=cfg.hidden_sizes, activation=cfg.activation,
+            lr=cfg.lr, batch_size=cfg.batch_size, valid_fraction=cfg.valid_fraction, patience=cfg.patience,
+            improvement_threshold=cfg.improvement_threshold, max_epochs=cfg.max_epochs, device=device, seed=seed,
+            ignored_obs=ignored_obs,
+        )
 
     # ------------------------------------------------------------------ setup
     def _init_layers(self) -> None:
@@ -196,7 +218,8 @@ class DynamicsEnsemble(nn.Module):
             "lr": self.lr,
             "batch_size": self.batch_size,
             "valid_fraction": self.valid_fraction,
-            "early_stop_decay": self.early_stop_decay,
+            "patience": self.patience,
+            "improvement_threshold": self.improvement_threshold,
             "max_epochs": self.max_epochs,
             "seed": self.seed,
             "ignored_obs": list(self.ignored_obs),
@@ -392,6 +415,12 @@ class DynamicsEnsemble(nn.Module):
             p.copy_(saved)
 
     # ---------------------------------------------------------------- persist
+    def get_extra_state(self) -> torch.Tensor:  # in state_dict(): the fit count seeds the next fit's split
+        return torch.tensor(self._fit_calls)
+
+    def set_extra_state(self, state: torch.Tensor) -> None:
+        self._fit_calls = int(state)
+
     def save(self, path: str | Path) -> None:
         """Write hyperparameters + weights + normalizers to ``path`` (torch format)."""
         state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
