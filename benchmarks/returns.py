@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mbmpo_core.checkpoint import checkpoint_path
 from mbmpo_core.config import load_config
-from mbmpo_core.trainer import CHECKPOINT_NAME, Trainer
+from mbmpo_core.sim_loop import SimTrainingLoop
 from sim import make_task
 
 RESULTS = Path(__file__).parent / "results"
@@ -27,13 +28,13 @@ def run_seed(config_path: Path, task_name: str, seed: int, steps: int, device: s
     config = load_config(config_path, task=task_name, seed=seed, device=device)
     name = f"{task_name}-{config_path.stem}-s{seed}"
     run_dir = RESULTS / "runs" / name
-    trainer = Trainer(config, make_task(task_name, horizon=config.loop.horizon), run_dir)
-    if (run_dir / "checkpoints" / CHECKPOINT_NAME).is_file():
-        trainer.load_checkpoint(run_dir)
-    trainer.train(steps, on_iteration=lambda r: print(
+    loop = SimTrainingLoop(config, make_task(task_name, horizon=config.loop.horizon), run_dir)
+    if checkpoint_path(run_dir).is_file():
+        loop.load_checkpoint(run_dir)
+    loop.train(steps, on_iteration=lambda r: print(
         f"{name}: {int(r['real_steps'])} steps, return pre {r['return_pre']:.1f} post {r['return_post']:.1f}, "
         f"{r['time_total']:.0f} s", flush=True))
-    trainer.close()
+    loop.close()
     out = RESULTS / "returns" / f"{name}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(run_dir / "progress.csv", out)

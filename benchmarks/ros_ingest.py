@@ -133,7 +133,7 @@ def run_learner(args: argparse.Namespace) -> int:
     while rclpy.ok() and time.monotonic() < grace:
         executor.spin_once(timeout_sec=0.05)
     counters = {r: vars(c).copy() for r, c in node.ingest.counters.items()}
-    iteration = node.trainer.iteration_index
+    iteration = node.iteration
     executor.remove_node(node)
     node.destroy_node()
     rclpy.try_shutdown()

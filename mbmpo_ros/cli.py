@@ -186,14 +186,17 @@ def _check_device(device: str) -> None:
 def _run_training(config: Any, task: Any, run_dir: Path, resume: bool, progress: bool) -> int:
     from tqdm import tqdm
 
-    from mbmpo_core.trainer import Trainer
+    from mbmpo_core.sim_loop import SimTrainingLoop
 
     bar = tqdm(total=config.loop.total_steps, unit="step", desc=f"MB-MPO {config.task}", disable=not progress,
                dynamic_ncols=True)
-    trainer = Trainer(config, task, run_dir, log=tqdm.write)
+    loop = SimTrainingLoop(config, task, run_dir, log=tqdm.write)
     if resume:
-        trainer.load_checkpoint(run_dir)
-    bar.update(min(trainer.real_steps, config.loop.total_steps))
+        try:
+            loop.load_checkpoint(run_dir)
+        except ValueError as exc:  # a checkpoint of another format or config
+            raise UsageError(str(exc)) from None
+    bar.update(min(loop.real_steps, config.loop.total_steps))
     tqdm.write(f"run directory: {run_dir}")
 
     def report(row: dict[str, float]) -> None:
@@ -206,11 +209,11 @@ def _run_training(config: Any, task: Any, run_dir: Path, resume: bool, progress:
                    f"{row['model_valid_loss']:.4f} | {split}")
 
     try:
-        trainer.train(config.loop.total_steps, on_iteration=report)
+        loop.train(config.loop.total_steps, on_iteration=report)
     finally:
         bar.close()
-        trainer.close()
-    tqdm.write(f"done: {trainer.real_steps} real steps; see {run_dir / 'progress.csv'} and "
+        loop.close()
+    tqdm.write(f"done: {loop.real_steps} real steps; see {run_dir / 'progress.csv'} and "
                f"{run_dir / 'learning_curve.png'}")
     return 0
 

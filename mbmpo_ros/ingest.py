@@ -7,7 +7,6 @@ blocks on training: :meth:`Ingest.handle` only decodes, appends and updates coun
 
 from __future__ import annotations
 
-import itertools
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -156,33 +155,11 @@ class Ingest:
         own = [r for pid, r in done if pid == policy_id]
         return own if own else [r for _, r in done]
 
-    def snapshot(self) -> StoreSnapshot:
-        """A frozen view of the store for one training iteration (chunks appended later are not in it)."""
+    def snapshot(self) -> dict[str, np.ndarray]:
+        """Every transition stored so far, frozen (as :meth:`TransitionStore.load_all` returns it): the training
+        thread's data set for one iteration; batches appended later are not in it."""
         with self.lock:
-            num_batches = self.store.num_batches
-        return StoreSnapshot(self.store, num_batches)
-
-
-class StoreSnapshot:
-    """The first ``num_batches`` chunks of a store, read once; quacks like the store for the Trainer."""
-
-    def __init__(self, store: TransitionStore, num_batches: int) -> None:
-        # Chunks are only ever appended, so the first num_batches stay the same while ingest goes on.
-        batches = list(itertools.islice(store.iter_batches(), num_batches))
-        if batches:
-            self._data = {spec.name: np.concatenate([b[spec.name] for b in batches]) for spec in SCHEMA}
-        else:
-            self._data = _empty_like(store)
-        self.obs_dim, self.act_dim = store.obs_dim, store.act_dim
-
-    def load_all(self) -> dict[str, np.ndarray]:
-        """Every transition of the snapshot (same layout as :meth:`TransitionStore.load_all`)."""
-        return self._data
-
-    def __len__(self) -> int:
-        return int(self._data["obs"].shape[0])
-
-
-def _empty_like(store: TransitionStore) -> dict[str, np.ndarray]:
-    data = store.load_all()
-    return {k: v[:0] for k, v in data.items()}
+            batches = list(self.store.iter_batches())  # chunks are only appended: these stay as they are
+            if not batches:
+                return self.store.load_all()
+        return {spec.name: np.concatenate([b[spec.name] for b in batches]) for spec in SCHEMA}

@@ -1,12 +1,28 @@
 """The ``learner`` node: persists every transition the robots send, trains MB-MPO on them, publishes policies.
 
-    <ns>/mbmpo/transitions (each robot) --> ingest (decode, check, de-duplicate, persist)  [executor thread]
+    <ns>/mbmpo/transitions (each robot) --> ingest: decode, check, de-duplicate, persist    [executor thread]
                                              |  enough new data
                                              v
-                              worker thread: Trainer.improve -> export policy.onnx -> /mbmpo/policy (latched)
+        worker thread: snapshot of the store -> MetaLearner.improve -> progress.csv, checkpoint, policy.onnx
+                       -> /mbmpo/policy (latched)
 
-The subscription callback never waits for training: it only decodes and appends to the store. Status goes to
-``/diagnostics`` once a second.
+The node holds a :class:`MetaLearner` (ensemble, policy, meta-optimizer), the run's transition store (through
+:class:`Ingest`), a progress log and its checkpoint. It builds no env: imagined rollouts start from the episode
+starts the robots recorded.
+
+Threads and what each owns (callbacks run on one single-threaded executor):
+
+* executor thread: the subscriptions (:meth:`Ingest.handle`: decode, append to the store, per-robot counters) and
+  the diagnostics timer (reads the counters, ``Ingest.stored()`` and ``status``). The callback never waits for
+  training.
+* worker thread: the MetaLearner, the progress log, the checkpoint, ``policy.onnx`` and policy publication. It
+  trains on its own snapshot of the store (:meth:`Ingest.snapshot`), never on the live store.
+* shared, each behind one lock: the store's chunk list and the finished episode returns (``Ingest.lock``), and
+  the training status (:class:`SharedStatus`: state, iteration, last policy id, transitions of the last
+  iteration, last error), written by the worker and read by the diagnostics timer. ``_wake``, ``_stop`` and
+  ``finished`` are events.
+
+Status goes to ``/diagnostics`` once a second.
 
 Parameters: ``config`` (mbmpo YAML; default the package's config/default.yaml), ``task`` and ``seed``
 (override the config), ``run_dir``, ``robots`` (namespaces), ``min_new_steps`` (0: loop.steps_per_iter),
@@ -22,6 +38,7 @@ import threading
 import time
 import traceback
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +49,14 @@ from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
 from std_msgs.msg import Float64MultiArray, UInt8MultiArray
 
-from mbmpo_core.config import Config, load_config
-from mbmpo_core.trainer import CHECKPOINT_NAME, Trainer
+from mbmpo_core.checkpoint import checkpoint_path, read_checkpoint, write_checkpoint
+from mbmpo_core.config import Config, load_config, save_config
+from mbmpo_core.export import export_policy
+from mbmpo_core.meta_learner import MetaLearner
+from mbmpo_core.registry import make_task
+from mbmpo_core.report import ProgressLog
+from mbmpo_core.store import TransitionStore
+from mbmpo_core.task import TaskSpec
 from mbmpo_ros.codec import encode_policy
 from mbmpo_ros.ingest import Ingest, IngestResult
 from mbmpo_ros.qos import DIAGNOSTICS_QOS, POLICY_QOS, TRANSITIONS_QOS
@@ -64,6 +87,35 @@ def transitions_topic(namespace: str) -> str:
     return (ns if ns != "/" else "") + "/mbmpo/transitions"
 
 
+@dataclass(frozen=True)
+class TrainingStatus:
+    """What the worker thread tells the diagnostics: one immutable value, replaced as a whole."""
+
+    state: str = "waiting for data"
+    iteration: int = 0  # iterations done
+    policy_id: str = ""  # of the last published policy
+    trained_on: int = 0  # transitions of the last iteration (a resumed run counts what it already has as used)
+    error: str = ""  # of the failed iteration, if one failed
+
+
+class SharedStatus:
+    """A :class:`TrainingStatus` written by one thread and read by another, behind one lock."""
+
+    def __init__(self, status: TrainingStatus) -> None:
+        self._lock = threading.Lock()
+        self._status = status
+
+    def get(self) -> TrainingStatus:
+        with self._lock:
+            return self._status
+
+    def update(self, **changes: Any) -> TrainingStatus:
+        """Replace the named fields; returns the new status."""
+        with self._lock:
+            self._status = replace(self._status, **changes)
+            return self._status
+
+
 class Learner(Node):
     """MB-MPO learner node; ``node_kwargs`` go to :class:`rclpy.node.Node` (context, parameter_overrides...)."""
 
@@ -73,16 +125,16 @@ class Learner(Node):
         self.config = self._load_config()
         self.run_dir = self._run_dir()
         self.resume = bool(self._param("resume"))
-        self.trainer = self._make_trainer()
-        self.ingest = Ingest(self.trainer.store, self.trainer.task.obs_dim, self.trainer.task.act_dim)
+        self.task: TaskSpec = make_task(self.config.task, horizon=self.config.loop.horizon)
+        self.ingest = Ingest(self._open_store(), self.task.obs_dim, self.task.act_dim)
+        self.meta_learner = MetaLearner(self.config, self.task)
+        self.progress = ProgressLog(self.run_dir)
+        save_config(self.config, self.run_dir / "config.yaml")
+        self.status = SharedStatus(TrainingStatus())
+        self._restore()
         self.min_new_steps = int(self._param("min_new_steps")) or self.config.loop.steps_per_iter
         self.exit_after_steps = int(self._param("exit_after_steps"))
         self.shutdown_timeout_s = float(self._param("shutdown_timeout_s"))
-        # Transitions the last iteration trained on (a resumed run counts what it already has as used).
-        self.steps_at_last_iteration = len(self.trainer.store) if self.trainer.iteration_index > 0 else 0
-        self.last_policy_id = ""
-        self.state = "waiting for data"
-        self.last_error = ""
         self.finished = threading.Event()  # exit_after_steps reached and the last iteration done
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -92,12 +144,12 @@ class Learner(Node):
         self._subs = [self._subscribe(robot) for robot in self.robots]
         self._diag_timer = self.create_timer(1.0, self.publish_diagnostics)
         if self.resume:
-            self.last_policy_id = self.publish_latest()
+            self.status.update(policy_id=self.publish_latest())
         self._worker = threading.Thread(target=self._worker_loop, name="mbmpo-learner-train", daemon=True)
         self._worker.start()
         self.get_logger().info(
-            f"learner: task {self.trainer.task.name}, run_dir {self.run_dir}, robots {self.robots}, "
-            f"{len(self.trainer.store)} stored transitions, iteration {self.trainer.iteration_index}")
+            f"learner: task {self.task.name}, run_dir {self.run_dir}, robots {self.robots}, "
+            f"{self.ingest.stored()} stored transitions, iteration {self.meta_learner.iteration}")
 
     # ------------------------------------------------------------------ setup
     def _declare_parameters(self) -> None:
@@ -125,27 +177,54 @@ class Learner(Node):
             return Path(given)
         return Path("runs") / f"learner-{self.config.task}-s{self.config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
 
-    def _make_trainer(self) -> Trainer:
-        from sim import make_task
-
-        task: Any = make_task(self.config.task, horizon=self.config.loop.horizon)  # sim.Task has TaskSpec's fields
-        trainer = Trainer(self.config, task, self.run_dir, log=self._log_info)
-        has_checkpoint = (self.run_dir / "checkpoints" / CHECKPOINT_NAME).is_file()
-        if not self.resume and (len(trainer.store) or has_checkpoint):
+    def _open_store(self) -> TransitionStore:
+        """The run's transition store; a run directory that already holds a run needs ``resume:=true``."""
+        has_checkpoint = checkpoint_path(self.run_dir).is_file()
+        store = TransitionStore(self.run_dir / "transitions", self.task.obs_dim, self.task.act_dim)
+        if not self.resume and (len(store) or has_checkpoint):
             raise ValueError(f"{self.run_dir} already holds a run; set resume:=true to continue it")
-        if self.resume and has_checkpoint:
-            trainer.load_checkpoint(self.run_dir)
-        trainer.real_steps = len(trainer.store)
-        return trainer
+        return store
 
-    def _log_info(self, text: str) -> None:
-        self.get_logger().info(text)
+    def _restore(self) -> None:
+        """Resume: the meta-learner from the checkpoint; every stored transition counts as trained on."""
+        if not (self.resume and checkpoint_path(self.run_dir).is_file()):
+            return
+        state = read_checkpoint(self.run_dir, self.meta_learner.device)
+        self.meta_learner.load_state_dict(state)
+        self.progress.truncate(self.meta_learner.iteration)
+        stored = self.ingest.stored()
+        newer = stored - int(state.get("learner_node", {}).get("transitions", stored))
+        if newer > 0:
+            self.get_logger().info(f"resume: {newer} transitions arrived after the checkpoint; the next "
+                                   f"iteration trains on them")
+        self.status.update(iteration=self.meta_learner.iteration, trained_on=stored)
 
     def _subscribe(self, robot: str) -> Any:
         def callback(msg: Float64MultiArray) -> None:
             self._on_transitions(msg, robot)
 
         return self.create_subscription(Float64MultiArray, transitions_topic(robot), callback, TRANSITIONS_QOS)
+
+    # ---------------------------------------------------------- status (read-only views of self.status)
+    @property
+    def state(self) -> str:
+        return self.status.get().state
+
+    @property
+    def iteration(self) -> int:
+        return self.status.get().iteration
+
+    @property
+    def last_policy_id(self) -> str:
+        return self.status.get().policy_id
+
+    @property
+    def last_error(self) -> str:
+        return self.status.get().error
+
+    @property
+    def steps_at_last_iteration(self) -> int:
+        return self.status.get().trained_on
 
     # ----------------------------------------------------------------- ingest
     def _on_transitions(self, msg: Float64MultiArray, robot: str) -> None:
@@ -155,12 +234,11 @@ class Learner(Node):
                                       throttle_duration_sec=5.0)
             return
         if result.kind == "accepted":
-            self.trainer.real_steps = self.ingest.stored()
             self._wake.set()
 
-    # --------------------------------------------------------------- training
+    # --------------------------------------------------------------- training (worker thread)
     def _iteration_due(self, stored: int) -> bool:
-        if self.trainer.iteration_index == 0:
+        if self.meta_learner.iteration == 0:
             return stored >= self.config.loop.random_steps
         return stored - self.steps_at_last_iteration >= self.min_new_steps
 
@@ -175,8 +253,7 @@ class Learner(Node):
                 if self._iteration_due(stored) or self._final_iteration_due(stored):
                     self.run_iteration()
             except Exception as exc:  # keep ingesting: the data is safe, training can be retried by a restart
-                self.state = "failed"
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.status.update(state="failed", error=f"{type(exc).__name__}: {exc}")
                 self.get_logger().error(f"training iteration failed: {traceback.format_exc()}")
                 self._stop.set()
             if self.exit_after_steps and stored >= self.exit_after_steps and (
@@ -191,27 +268,30 @@ class Learner(Node):
                 and stored > self.steps_at_last_iteration and stored >= self.config.loop.random_steps)
 
     def run_iteration(self) -> dict[str, float]:
-        """Train on a snapshot of the store, export and publish the policy; returns the progress row."""
-        snapshot = self.ingest.snapshot()
-        self.state = f"training iteration {self.trainer.iteration_index}"
-        returns = self.ingest.take_returns(self.last_policy_id)
-        store = self.trainer.store
-        self.trainer.store = snapshot  # type: ignore[assignment]  # the iteration sees one frozen data set
-        try:
-            row = self.trainer.improve(train_returns=returns, evaluate=False)
-        finally:
-            self.trainer.store = store
-        self.steps_at_last_iteration = len(snapshot)
-        self.state = "publishing"
-        self.last_policy_id = self.publish_latest()
-        self.state = "waiting for data"
+        """Train on a snapshot of the store, checkpoint, export and publish the policy; returns the progress row."""
+        data = self.ingest.snapshot()  # one frozen data set: batches that arrive meanwhile wait for the next
+        stored = len(data["obs"])
+        status = self.status.update(state=f"training iteration {self.meta_learner.iteration}")
+        returns = self.ingest.take_returns(status.policy_id)
+        report = self.meta_learner.improve(data)
+        row = report.progress_row(stored, returns)
+        self.progress.append(row)
+        self.progress.plot(f"MB-MPO on {self.task.name}")
+        write_checkpoint(self.run_dir, {**self.meta_learner.state_dict(), "learner_node": {"transitions": stored}})
+        self._export_policy()
+        self.status.update(state="publishing", iteration=self.meta_learner.iteration, trained_on=stored)
+        status = self.status.update(state="waiting for data", policy_id=self.publish_latest())
         self.get_logger().info(
-            f"iteration {int(row['iteration'])}: {len(snapshot)} transitions, policy {self.last_policy_id[:12]}, "
+            f"iteration {report.iteration}: {stored} transitions, policy {status.policy_id[:12]}, "
             f"train return {row['return_train']:.2f}, model valid loss {row['model_valid_loss']:.4g}")
         return row
 
+    def _export_policy(self) -> str:
+        """Write ``<run_dir>/policy.onnx`` (and its inner-step graph); returns the policy id."""
+        return export_policy(self.meta_learner.policy, self.run_dir / POLICY_FILE, **self.meta_learner.export_args())
+
     def publish_latest(self) -> str:
-        """Publish ``<run_dir>/policy.onnx`` (written by the trainer) with its inner-step graph, latched.
+        """Publish ``<run_dir>/policy.onnx`` with its inner-step graph, latched.
 
         Returns the policy id; a file that does not validate is not published (a warning says why).
         """
@@ -221,34 +301,35 @@ class Learner(Node):
         if not path.is_file():
             return self.last_policy_id
         try:
-            files, policy_id = read_policy_bundle(path, expected_task=self.trainer.task.name)
+            bundle = read_policy_bundle(path, expected_task=self.task.name)
         except (PolicyValidationError, OSError) as exc:
             self.get_logger().warning(f"not publishing {path}: {exc}")
             return self.last_policy_id
-        self._policy_pub.publish(encode_policy(files, policy_id))
-        return policy_id
+        self._policy_pub.publish(encode_policy(bundle))
+        return bundle.policy_id
 
     # ------------------------------------------------------------ diagnostics
     def diagnostic_status(self) -> DiagnosticStatus:
         """The learner's status: store, per-robot ingest counters, iteration, policy, training state."""
-        values = {"stored_transitions": self.ingest.stored(), "iteration": self.trainer.iteration_index,
-                  "last_policy_id": self.last_policy_id, "training_state": self.state,
-                  "steps_at_last_iteration": self.steps_at_last_iteration, "run_dir": str(self.run_dir)}
+        status = self.status.get()
+        values = {"stored_transitions": self.ingest.stored(), "iteration": status.iteration,
+                  "last_policy_id": status.policy_id, "training_state": status.state,
+                  "steps_at_last_iteration": status.trained_on, "run_dir": str(self.run_dir)}
         gaps = 0
         for robot, c in sorted(self.ingest.counters.items()):
             gaps += c.gaps
             for key in ("accepted", "rejected", "duplicate", "gaps", "missing", "reordered", "restarts",
                         "transitions", "last_error"):
                 values[f"{robot}/{key}"] = getattr(c, key)
-        status = DiagnosticStatus(name="mbmpo: learner", hardware_id=str(self.run_dir))
-        if self.state == "failed":
-            status.level, status.message = DiagnosticStatus.ERROR, f"training failed: {self.last_error}"
+        diag = DiagnosticStatus(name="mbmpo: learner", hardware_id=str(self.run_dir))
+        if status.state == "failed":
+            diag.level, diag.message = DiagnosticStatus.ERROR, f"training failed: {status.error}"
         elif gaps:
-            status.level, status.message = DiagnosticStatus.WARN, f"{self.state}; {gaps} sequence gaps"
+            diag.level, diag.message = DiagnosticStatus.WARN, f"{status.state}; {gaps} sequence gaps"
         else:
-            status.level, status.message = DiagnosticStatus.OK, self.state
-        status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
-        return status
+            diag.level, diag.message = DiagnosticStatus.OK, status.state
+        diag.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        return diag
 
     def publish_diagnostics(self) -> None:
         """Timer callback: one DiagnosticArray on /diagnostics."""
@@ -269,7 +350,8 @@ class Learner(Node):
     def destroy_node(self) -> None:
         """Stop training, then release the ROS entities."""
         self.stop()
-        self.trainer.close()
+        if not self._worker.is_alive():  # an abandoned iteration still writes to it (daemon: ends with the process)
+            self.progress.close()
         super().destroy_node()
 
 

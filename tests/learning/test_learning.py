@@ -12,7 +12,7 @@ import torch
 
 from mbmpo_core.config import load_config
 from mbmpo_core.sampler import RealSampler, uniform_random_actions
-from mbmpo_core.trainer import Trainer
+from mbmpo_core.sim_loop import SimTrainingLoop
 from sim import make_task
 
 CONFIG = Path(__file__).with_name("inverted_pendulum.yaml")
@@ -32,9 +32,9 @@ def test_random_policy_is_below_threshold() -> None:
 def test_mbmpo_learns_inverted_pendulum_within_2000_steps(tmp_path: Path) -> None:
     torch.set_num_threads(2)
     config = load_config(CONFIG)
-    trainer = Trainer(config, make_task(config.task, horizon=config.loop.horizon), tmp_path, log=lambda _: None)
-    trainer.train(config.loop.total_steps)
-    rows = trainer.progress.rows()
+    loop = SimTrainingLoop(config, make_task(config.task, horizon=config.loop.horizon), tmp_path, log=lambda _: None)
+    loop.train(config.loop.total_steps)
+    rows = loop.progress.rows()
     assert rows[-1]["real_steps"] <= 2000
     assert rows[-1]["return_pre"] >= THRESHOLD, rows
     assert rows[-1]["return_post"] >= THRESHOLD, rows

@@ -61,6 +61,17 @@ def real_batches(count: int, robot: str = "robot_0", seed: int = 0, first_seq: i
     return out
 
 
+def forbid_sim_envs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From here on, building a MuJoCo env (for sampling, resets or start states) raises."""
+    import sim.tasks
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("built a MuJoCo env")
+
+    monkeypatch.setattr(sim.tasks.Task, "make_env", refuse)
+    monkeypatch.setattr(sim.tasks.Task, "sample_initial_obs", refuse)
+
+
 def make_learner(graph: Any, run_dir: Path, config: Path, **params: Any) -> Any:
     from rclpy.parameter import Parameter
 
@@ -108,7 +119,7 @@ def test_every_batch_is_persisted_complete_and_in_order(ros_graph: Any, tmp_path
         stored = learner.ingest.store.load_all()
         for key in ("obs", "act", "next_obs", "reward", "done", "step", "episode"):
             np.testing.assert_array_equal(stored[key], np.concatenate([getattr(b, key) for b in batches]))
-        assert learner.trainer.real_steps == 8 * BATCH
+        assert len(learner.ingest.snapshot()["obs"]) == 8 * BATCH  # what the next iteration would train on
         assert learner.ingest.counters["robot_0"].accepted == 8
     finally:
         drop_learner(ros_graph, learner)
@@ -139,7 +150,8 @@ def test_malformed_batches_are_counted_and_good_ones_kept(ros_graph: Any, tmp_pa
         drop_learner(ros_graph, learner)
 
 
-def test_policy_is_published_latched_and_valid_then_resume_keeps_everything(ros_graph: Any, tmp_path: Path) -> None:
+def test_policy_is_published_latched_and_valid_then_resume_keeps_everything(ros_graph: Any, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     from std_msgs.msg import UInt8MultiArray
 
     from mbmpo_core.onnx_runtime import validate_policy_file
@@ -147,8 +159,9 @@ def test_policy_is_published_latched_and_valid_then_resume_keeps_everything(ros_
     from mbmpo_ros.qos import POLICY_QOS
 
     run_dir, config = tmp_path / "run", write_config(tmp_path / "c.yaml")
-    learner = make_learner(ros_graph, run_dir, config)
     batches = real_batches(6)
+    forbid_sim_envs(monkeypatch)  # the learner trains and resumes on stored data alone
+    learner = make_learner(ros_graph, run_dir, config)
     try:
         send(ros_graph, transitions_pub(ros_graph, learner), [encode_transitions(b) for b in batches[:4]])
         assert ros_graph.spin_until(lambda: learner.last_policy_id != "" or learner.state == "failed", 120.0)
@@ -158,10 +171,11 @@ def test_policy_is_published_latched_and_valid_then_resume_keeps_everything(ros_
         ros_graph.node("late_controller").create_subscription(UInt8MultiArray, "/mbmpo/policy", got.append,
                                                                POLICY_QOS)
         assert ros_graph.spin_until(lambda: bool(got), 10.0)
-        files, policy_id = decode_policy(got[-1])
+        bundle = decode_policy(got[-1])
+        policy_id = bundle.policy_id
         assert policy_id == learner.last_policy_id
-        assert list(files) == ["policy.onnx", "policy.adapt.onnx"]  # the inner-step graph travels too
-        for name, data in files.items():
+        assert list(bundle.files) == ["policy.onnx", "policy.adapt.onnx"]  # the inner-step graph travels too
+        for name, data in bundle.files.items():
             (tmp_path / name).write_bytes(data)
         meta = validate_policy_file(tmp_path / "policy.onnx", expected_task=TASK)
         assert meta["policy_id"] == policy_id and meta["adapt_file"] == "policy.adapt.onnx"
@@ -170,7 +184,7 @@ def test_policy_is_published_latched_and_valid_then_resume_keeps_everything(ros_
     # Kill/restart: a new learner on the same run directory keeps every transition and appends new ones.
     resumed = make_learner(ros_graph, run_dir, config, resume=True)
     try:
-        assert resumed.ingest.stored() == 4 * BATCH and resumed.trainer.iteration_index == 1
+        assert resumed.ingest.stored() == 4 * BATCH and resumed.iteration == 1
         assert resumed.last_policy_id == policy_id  # re-published from policy.onnx
         send(ros_graph, transitions_pub(ros_graph, resumed), [encode_transitions(b) for b in batches[4:]])
         assert ros_graph.spin_until(lambda: resumed.ingest.stored() == 6 * BATCH, 10.0)
@@ -178,6 +192,15 @@ def test_policy_is_published_latched_and_valid_then_resume_keeps_everything(ros_
                                       np.concatenate([b.obs for b in batches]))
     finally:
         drop_learner(ros_graph, resumed)
+
+
+def test_learner_module_imports_no_simulator() -> None:
+    """Tasks come through mbmpo_core.registry: importing the node loads neither sim nor MuJoCo nor gymnasium."""
+    code = ("import sys, mbmpo_ros.learner; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('sim', 'gymnasium', 'mujoco')]; "
+            "assert not bad, bad")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_learner_process_publishes_diagnostics_and_exits_0_on_sigint(ros_graph: Any, tmp_path: Path) -> None:

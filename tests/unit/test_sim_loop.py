@@ -1,4 +1,5 @@
-"""The training loop on a tiny problem: task-to-model mapping, imagination, determinism, exact resume."""
+"""The simulated training loop on a tiny problem: task-to-model mapping, imagination, run directory, determinism,
+exact resume."""
 
 from dataclasses import replace
 from pathlib import Path
@@ -10,7 +11,7 @@ import torch
 from mbmpo_core.config import Config, EnsembleConfig, LoopConfig, MetaConfig, PolicyConfig
 from mbmpo_core.imagination import imagine, task_models
 from mbmpo_core.onnx_runtime import OnnxPolicy, validate_policy_file
-from mbmpo_core.trainer import Trainer, episodes_as_task
+from mbmpo_core.sim_loop import SimTrainingLoop, episodes_as_task
 from sim import make_task
 
 TINY = Config(
@@ -27,8 +28,8 @@ def one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def make_trainer(run_dir: Path, config: Config = TINY) -> Trainer:
-    return Trainer(config, make_task(config.task, horizon=config.loop.horizon), run_dir, log=lambda _: None)
+def make_loop(run_dir: Path, config: Config = TINY) -> SimTrainingLoop:
+    return SimTrainingLoop(config, make_task(config.task, horizon=config.loop.horizon), run_dir, log=lambda _: None)
 
 
 @pytest.mark.parametrize(("tasks", "models"), [(20, 5), (6, 3), (4, 4), (8, 1)])
@@ -43,18 +44,19 @@ def test_task_models_rejects_uneven_split() -> None:
 
 
 def test_imagination_uses_model_of_each_task_and_masks_after_done(tmp_path: Path) -> None:
-    trainer = make_trainer(tmp_path)
-    trainer.iteration()
+    loop = make_loop(tmp_path)
+    loop.iteration()
+    learner = loop.learner
     m, n = 4, 3
-    params = {k: v.detach().unsqueeze(0).expand(m, *v.shape) for k, v in trainer.policy.params().items()}
-    start = torch.as_tensor(trainer.task.sample_initial_obs(m * n, np.random.default_rng(0)),
+    params = {k: v.detach().unsqueeze(0).expand(m, *v.shape) for k, v in learner.policy.params().items()}
+    start = torch.as_tensor(loop.task.sample_initial_obs(m * n, np.random.default_rng(0)),
                             dtype=torch.float32).reshape(m, n, -1)
-    traj = imagine(trainer.ensemble, trainer.policy, params, trainer.task, start, 10, 1e4, 1e4,
+    traj = imagine(learner.ensemble, learner.policy, params, loop.task, start, 10, 1e4, 1e4,
                    generator=torch.Generator().manual_seed(0))
     assert traj.obs.shape == (m, n, 10, 4) and traj.rewards.shape == (m, n, 10)
     # Step 1 of task m must be model task_models[m]'s prediction from step 0.
     executed = traj.act[:, :, 0].clamp(-3.0, 3.0)
-    every_model = trainer.ensemble.predict_all(traj.obs[:, :, 0].reshape(-1, 4), executed.reshape(-1, 1))
+    every_model = learner.ensemble.predict_all(traj.obs[:, :, 0].reshape(-1, 4), executed.reshape(-1, 1))
     every_model = every_model.reshape(2, m, n, 4)
     for task, model in enumerate(task_models(m, 2).tolist()):
         torch.testing.assert_close(traj.obs[task, :, 1], every_model[model, task])
@@ -64,9 +66,9 @@ def test_imagination_uses_model_of_each_task_and_masks_after_done(tmp_path: Path
 
 
 def test_run_directory_and_progress(tmp_path: Path) -> None:
-    trainer = make_trainer(tmp_path)
-    trainer.train(400)
-    rows = trainer.progress.rows()
+    loop = make_loop(tmp_path)
+    loop.train(400)
+    rows = loop.progress.rows()
     assert [r["real_steps"] for r in rows] == [200.0, 400.0]
     assert all(np.isfinite(r["return_pre"]) and np.isfinite(r["return_post"]) for r in rows)
     for name in ("config.yaml", "progress.csv", "learning_curve.png", "checkpoints/checkpoint.pt", "policy.onnx",
@@ -76,20 +78,21 @@ def test_run_directory_and_progress(tmp_path: Path) -> None:
     assert meta["learner_iteration"] == 2
     obs = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
     np.testing.assert_allclose(OnnxPolicy(tmp_path / "policy.onnx").act(obs),
-                               trainer.policy(torch.as_tensor(obs)).detach().numpy(), atol=1e-5)
-    assert len(trainer.store) == 400
+                               loop.learner.policy(torch.as_tensor(obs)).detach().numpy(), atol=1e-5)
+    assert len(loop.store) == 400
 
 
 def test_seeded_runs_are_identical(tmp_path: Path) -> None:
-    a, b = make_trainer(tmp_path / "a"), make_trainer(tmp_path / "b")
+    a, b = make_loop(tmp_path / "a"), make_loop(tmp_path / "b")
     a.train(400)
     b.train(400)
-    torch.testing.assert_close(a.policy.params_to_vector(), b.policy.params_to_vector(), rtol=0, atol=0)
+    torch.testing.assert_close(a.learner.policy.params_to_vector(), b.learner.policy.params_to_vector(), rtol=0,
+                               atol=0)
     assert _same_but_time(a, b)
 
 
-def _same_but_time(a: Trainer, b: Trainer) -> bool:
-    def numbers(t: Trainer) -> np.ndarray:
+def _same_but_time(a: SimTrainingLoop, b: SimTrainingLoop) -> bool:
+    def numbers(t: SimTrainingLoop) -> np.ndarray:
         return np.array([[v for k, v in r.items() if not k.startswith("time_")] for r in t.progress.rows()])
 
     x, y = numbers(a), numbers(b)
@@ -97,26 +100,27 @@ def _same_but_time(a: Trainer, b: Trainer) -> bool:
 
 
 def test_resume_is_exact(tmp_path: Path) -> None:
-    straight = make_trainer(tmp_path / "straight")
+    straight = make_loop(tmp_path / "straight")
     straight.train(600)
-    first = make_trainer(tmp_path / "resumed")
+    first = make_loop(tmp_path / "resumed")
     first.train(400)
     first.close()
-    resumed = make_trainer(tmp_path / "resumed")
+    resumed = make_loop(tmp_path / "resumed")
     resumed.load_checkpoint(tmp_path / "resumed")
     assert resumed.real_steps == 400
     resumed.train(600)
-    torch.testing.assert_close(resumed.policy.params_to_vector(), straight.policy.params_to_vector(), rtol=0, atol=0)
+    torch.testing.assert_close(resumed.learner.policy.params_to_vector(), straight.learner.policy.params_to_vector(),
+                               rtol=0, atol=0)
     assert _same_but_time(straight, resumed)
     assert len(resumed.store) == 600
 
 
 def test_zero_inner_lr_is_me_trpo(tmp_path: Path) -> None:
     config = replace(TINY, meta=replace(TINY.meta, inner_lr=0.0))
-    trainer = make_trainer(tmp_path, config)
-    trainer.train(400)
-    assert trainer.collect_params is not None
-    for name, adapted in trainer.collect_params.items():
+    loop = make_loop(tmp_path, config)
+    loop.train(400)
+    assert loop.collect_params is not None
+    for name, adapted in loop.collect_params.items():
         # No inner step: every model's "adapted" policy is the same theta.
         torch.testing.assert_close(adapted, adapted[:1].expand_as(adapted), rtol=0, atol=0, msg=name)
 
@@ -134,11 +138,13 @@ def test_episodes_as_task_pads_with_zero_mask() -> None:
     assert traj.rewards.tolist() == [[[0, 1, 2, 0], [3, 4, 0, 0]]]
 
 
-def test_real_start_fraction_draws_start_states_from_stored_real_states(tmp_path: Path) -> None:
-    config = replace(TINY, meta=replace(TINY.meta, real_start_fraction=0.5))
-    trainer = make_trainer(tmp_path, config)
-    trainer.train(400)  # meta-training ran with half its imagined rollouts started from stored states
-    stored = trainer.store.load_all()["obs"]
-    start = trainer._start_states(8, stored).numpy()
-    from_store = [bool(np.any(np.all(np.isclose(stored, row, atol=1e-6), axis=1))) for row in start]
-    assert sum(from_store) == 4, from_store
+def test_resume_refuses_a_checkpoint_of_another_program(tmp_path: Path) -> None:
+    from mbmpo_core.checkpoint import write_checkpoint
+
+    loop = make_loop(tmp_path)
+    write_checkpoint(tmp_path, {**loop.learner.state_dict(), "learner_node": {"transitions": 0}})
+    with pytest.raises(ValueError, match="not a checkpoint of the simulated training loop"):
+        loop.load_checkpoint(tmp_path)
+    torch.save({"iteration": 1}, tmp_path / "checkpoints" / "checkpoint.pt")  # a checkpoint from before v2
+    with pytest.raises(ValueError, match="format 'none'"):
+        loop.load_checkpoint(tmp_path)
