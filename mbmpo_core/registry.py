@@ -8,8 +8,8 @@ A name resolves, in this order, to
 * ``"package.module:factory"``: the factory itself, as gymnasium's ``register(entry_point=...)`` takes it.
 
 A factory is called as ``factory(name, horizon=horizon)`` and returns an object with :class:`TaskSpec`'s fields.
-This module imports no simulator: a task's package is imported only when that task is made, so a robot whose task
-is not a MuJoCo model never loads MuJoCo.
+This module imports no simulator and no torch: a task's package is imported only when that task is made, so a
+robot whose task is not a MuJoCo model never loads MuJoCo, and the controller stays torch-free.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mbmpo_core.task import TaskSpec
+if TYPE_CHECKING:  # mbmpo_core.task imports torch, which the controller (a user of this module) must not load
+    from mbmpo_core.task import TaskSpec
 
 ENTRY_POINT_GROUP = "mbmpo.tasks"
 TaskFactory = Callable[..., Any]
@@ -28,11 +29,21 @@ _registered: dict[str, str | TaskFactory] = {}
 
 
 class UnknownTaskError(ValueError):
-    """A task name that resolves to nothing; the message is one line and lists the known names."""
+    """A task name that resolves to nothing, or an entry point that cannot be loaded; the message is one line."""
 
 
 def register(name: str, entry_point: str | TaskFactory) -> None:
-    """Make ``name`` resolve to ``entry_point`` (a factory or a ``"package.module:factory"`` string)."""
+    """Make ``name`` resolve to ``entry_point`` (a factory or a ``"package.module:factory"`` string).
+
+    A string is checked for its form here and imported only when the task is made.
+    """
+    if not name:
+        raise ValueError("a task name must not be empty")
+    if isinstance(entry_point, str):
+        _split(entry_point)
+    elif not callable(entry_point):
+        raise TypeError(f"task {name!r}: entry point must be a factory or 'package.module:factory', "
+                        f"got {type(entry_point).__name__}")
     _registered[name] = entry_point
 
 
@@ -46,23 +57,32 @@ def task_names() -> list[str]:
     return sorted({*_declared(), *_registered})
 
 
-def _load(entry_point: str) -> TaskFactory:
+def _split(entry_point: str) -> tuple[str, str]:
     module_name, _, attr = entry_point.partition(":")
-    if not module_name or not attr:
+    if not module_name.strip() or not attr.strip():
         raise UnknownTaskError(f"task entry point {entry_point!r} is not 'package.module:factory'")
+    return module_name.strip(), attr.strip()
+
+
+def _load(entry_point: str) -> TaskFactory:
+    module_name, attr = _split(entry_point)
     try:
         target: Any = importlib.import_module(module_name)
         for part in attr.split("."):
             target = getattr(target, part)
     except (ImportError, AttributeError) as exc:
-        raise UnknownTaskError(f"task entry point {entry_point!r} cannot be loaded ({exc})") from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UnknownTaskError(f"task entry point {entry_point!r} cannot be loaded ({reason})") from None
     if not callable(target):
         raise UnknownTaskError(f"task entry point {entry_point!r} is not callable")
-    return target  # type: ignore[no-any-return]
+    return target
 
 
 def resolve(name: str) -> TaskFactory:
-    """The factory for ``name``; :class:`UnknownTaskError` (one line) if nothing provides it."""
+    """The factory for ``name``; :class:`UnknownTaskError` (one line) if nothing provides it.
+
+    Resolving imports the task's module (an unknown or broken name fails here) but builds no task.
+    """
     if name in _registered:
         found = _registered[name]
         return _load(found) if isinstance(found, str) else found
@@ -71,8 +91,8 @@ def resolve(name: str) -> TaskFactory:
         return _load(declared[name])
     if ":" in name:
         return _load(name)
-    raise UnknownTaskError(f"unknown task {name!r}; valid names: {', '.join(task_names())} "
-                           "(or 'package.module:factory')")
+    known = ", ".join(task_names()) or "none (is the mbmpo_ros package installed? pip install -e .)"
+    raise UnknownTaskError(f"unknown task {name!r}; valid names: {known} (or 'package.module:factory')")
 
 
 def make_task(name: str, horizon: int = 1000) -> TaskSpec:

@@ -168,7 +168,8 @@ def _with_total_steps(config: Any, steps: int) -> Any:
 
 
 def _make_task(name: str, horizon: int) -> Any:
-    from sim import make_task
+    """Task ``name`` through the registry (a MuJoCo task, an installed entry point or 'module:factory')."""
+    from mbmpo_core.registry import make_task
 
     try:
         return make_task(name, horizon=horizon)

@@ -47,7 +47,6 @@ from typing import Any
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
@@ -55,18 +54,21 @@ from std_msgs.msg import Bool, Float64MultiArray, UInt8MultiArray
 from std_srvs.srv import Trigger
 
 from mbmpo_core.onnx_runtime import OnnxPolicy, validate_policy_file
+from mbmpo_core.registry import make_task
 from mbmpo_ros.adaptation import AdaptJob, AdaptResult, OnlineAdapter
 from mbmpo_ros.codec import CodecError, TransitionBatch, decode_policy, encode_command, encode_transitions
 from mbmpo_ros.outbox import Outbox
+from mbmpo_ros.params import CONTROLLER_PARAMS, declare_parameters
 from mbmpo_ros.qos import COMMAND_QOS, DIAGNOSTICS_QOS, POLICY_QOS, STATE_QOS, TRANSITIONS_QOS
 from mbmpo_ros.safety import EpisodeBook, HoldReason, SafetyChain, hold_reason, obs_from_joint_state
 from mbmpo_ros.spin import run_node
 
 
 def load_task(name: str, horizon: int) -> Any:
-    """The task spec (names, bounds, dt, numpy reward/done) from :mod:`sim`, which loads no torch."""
-    from sim import make_task
+    """The task spec (names, bounds, dt, numpy reward/done) by name from :mod:`mbmpo_core.registry`.
 
+    A MuJoCo task comes from :mod:`sim`, which loads no torch; an unknown name is a one-line ``ValueError``.
+    """
     return make_task(name, horizon=horizon)
 
 
@@ -83,36 +85,31 @@ class Controller(Node):
 
     def __init__(self, node_name: str = "controller", **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
-        p = self._param
-        self.task = load_task(p("task", "HalfCheetah-v5", "task name"), int(p("horizon", 200, "episode steps")))
-        rate = float(p("rate_hz", 0.0, "control rate; 0 = 1/task.dt"))
+        p = declare_parameters(self, CONTROLLER_PARAMS)  # all read-only: read here, once
+        self.task = load_task(str(p["task"]), int(p["horizon"]))
+        rate = float(p["rate_hz"])
         self.rate_hz = rate if rate > 0 else 1.0 / self.task.dt
-        self.warmup = str(p("warmup_policy", "random", "random|zero: acts until a policy arrives"))
-        self.explore = bool(p("explore", True, "sample actions from the policy (the learner needs exploration)"))
-        self.state_timeout_s = float(p("state_timeout_s", 0.5, "no new state for this long -> hold"))
-        self.reset_timeout_s = float(p("reset_timeout_s", 2.0, "ask the robot to reset again after this long"))
+        self.warmup = str(p["warmup_policy"])
+        self.explore = bool(p["explore"])
+        self.state_timeout_s = float(p["state_timeout_s"])
+        self.reset_timeout_s = float(p["reset_timeout_s"])
         ns = self.get_namespace().strip("/")
-        self.robot_id = str(p("robot_id", "", "robot id in transitions; '' = node namespace")) or ns or "robot"
-        self.rng = np.random.default_rng(int(p("seed", 0, "seed of exploration noise and warm-up actions")))
-        self.safety = SafetyChain(
-            self.task.action_low, self.task.action_high,
-            rate_limit=float(p("action_rate_limit", 0.0, "max |delta action| per tick; 0 = off")),
-            obs_clip=float(p("obs_clip", 0.0, "clip observations to +-this; 0 = off")),
-        )
-        self.book = EpisodeBook(self.task.horizon, self.task.reward, self.task.done,
-                                int(p("batch_size", 50, "transitions per published batch")), robot=self.robot_id)
-        self.outbox: Outbox[TransitionBatch] = Outbox(
-            int(p("outbox_batches", 2000, "batches kept while no learner subscribes (oldest dropped beyond)")))
-        self.adapt_enabled = bool(p("adapt", True, "few-shot adaptation online (needs the adapt graph and explore)"))
-        margin = float(p("revert_margin", 0.0, "revert to theta if adapted return < theta's - this; < 0 = never"))
-        self.adapter = OnlineAdapter(int(p("adapt_episodes", 2, "episodes per adaptation batch")),
-                                     int(p("adapt_steps_max", 3, "inner steps taken online per meta-policy")),
+        self.robot_id = str(p["robot_id"]) or ns or "robot"
+        self.rng = np.random.default_rng(int(p["seed"]))
+        self.safety = SafetyChain(self.task.action_low, self.task.action_high,
+                                  rate_limit=float(p["action_rate_limit"]), obs_clip=float(p["obs_clip"]))
+        self.book = EpisodeBook(self.task.horizon, self.task.reward, self.task.done, int(p["batch_size"]),
+                                robot=self.robot_id)
+        self.outbox: Outbox[TransitionBatch] = Outbox(int(p["outbox_batches"]))
+        self.adapt_enabled = bool(p["adapt"])
+        margin = float(p["revert_margin"])
+        self.adapter = OnlineAdapter(int(p["adapt_episodes"]), int(p["adapt_steps_max"]),
                                      margin if margin >= 0 else float("inf"))
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="adapt")
         # Validating a policy (ONNX load, test inference) takes tens of ms: never on the executor thread, which
         # runs the tick. One worker keeps arrival order, so the newest policy is the one swapped in last.
         self._policy_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy")
-        self.ramp_s = float(p("ramp_s", 1.0, "on activate, scale actions from 0 to 1 over this many seconds"))
+        self.ramp_s = float(p["ramp_s"])
         self.lifecycle = Lifecycle.UNCONFIGURED
         self.action_scale = 0.0
         self._active_since = 0.0
@@ -141,14 +138,11 @@ class Controller(Node):
         self.create_service(Trigger, "~/activate", self._srv_activate)
         self.create_service(Trigger, "~/deactivate", self._srv_deactivate)
         self._started = time.monotonic()
-        if bool(p("autostart", True, "configure and activate at start (no lifecycle service calls needed)")):
+        if bool(p["autostart"]):
             self.configure()
             self.activate()
         self.create_timer(1.0 / self.rate_hz, self._tick)
         self.create_timer(1.0, self._publish_diagnostics)
-
-    def _param(self, name: str, default: Any, description: str) -> Any:
-        return self.declare_parameter(name, default, ParameterDescriptor(description=description)).value
 
     # ---------------------------------------------------------------------------------------- inputs
     def _on_state(self, msg: JointState) -> None:

@@ -1,4 +1,5 @@
-"""``sim_robot``: a MuJoCo task (``sim.make_task``) behind the same topics a real robot driver offers.
+"""``sim_robot``: a simulated task (a MuJoCo task of ``sim``, by name through :mod:`mbmpo_core.registry`) behind the
+same topics a real robot driver offers.
 
 Topics and services (relative names, so they land in the node's namespace ``<ns>``):
 
@@ -16,6 +17,7 @@ Modes: free-running (one physics step per timer tick at ``rate_hz``, default ``1
 ``lockstep_timeout_s`` the current state is republished, so a lost message cannot stall the loop).
 The env is built with a very long time limit: episodes are ended by the controller (its ``horizon``),
 like on a real robot, and physics keeps running after a task's termination condition until a reset.
+Parameters: :data:`mbmpo_ros.params.SIM_ROBOT_PARAMS` (all read-only).
 """
 
 from __future__ import annotations
@@ -27,14 +29,15 @@ from typing import Any
 
 import numpy as np
 import rclpy
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 
+from mbmpo_core.registry import make_task
 from mbmpo_ros.codec import CodecError, arrays_to_joint_state, decode_command
+from mbmpo_ros.params import SIM_ROBOT_PARAMS, declare_parameters
 from mbmpo_ros.qos import COMMAND_QOS, STATE_PUB_QOS
 from mbmpo_ros.spin import run_node
 
@@ -42,23 +45,34 @@ _SIM_TIME_LIMIT = 10**9  # steps; effectively no TimeLimit truncation (the contr
 _WARN_PERIOD_S = 5.0
 
 
+def _perturbation(text: str) -> dict[str, Any] | None:
+    """The ``perturbation`` parameter: a JSON object, or '' for none; anything else is a one-line ValueError."""
+    if not text.strip():
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"parameter perturbation is not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"parameter perturbation must be a JSON object, got {text!r}")
+    return value
+
+
 class SimRobot(Node):
     """A simulated robot: MuJoCo env stepping on commands or on a timer (see module docstring)."""
 
     def __init__(self, node_name: str = "sim_robot", **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
-        from sim import make_task  # here, not at import: keeps `--help`-style imports light
-
-        name = self._param("task", "HalfCheetah-v5", "MuJoCo task name (sim.TASK_NAMES)")
-        self.task = make_task(name, horizon=_SIM_TIME_LIMIT)
-        rate = float(self._param("rate_hz", 0.0, "physics steps per second when free-running; 0 = 1/task.dt"))
+        p = declare_parameters(self, SIM_ROBOT_PARAMS)  # all read-only: read here, once
+        self.task = make_task(str(p["task"]), horizon=_SIM_TIME_LIMIT)
+        if not callable(getattr(self.task, "make_env", None)):
+            raise ValueError(f"task {p['task']!r} has no simulator (make_env): sim_robot cannot run it")
+        rate = float(p["rate_hz"])
         self.rate_hz = rate if rate > 0 else 1.0 / self.task.dt
-        pert_text = str(self._param("perturbation", "", "JSON dict for sim.apply_perturbation, '' = none"))
-        self.seed = int(self._param("seed", 0, "env seed (reset i uses seed + i)"))
-        self.lockstep = bool(self._param("lockstep", False, "one physics step per received command"))
-        self.lockstep_timeout_s = float(self._param("lockstep_timeout_s", 0.5, "republish the state after this"))
-        perturbation = json.loads(pert_text) if pert_text.strip() else None
-        self.env = self.task.make_env(seed=self.seed, perturbation=perturbation)
+        self.seed = int(p["seed"])
+        self.lockstep = bool(p["lockstep"])
+        self.lockstep_timeout_s = float(p["lockstep_timeout_s"])
+        self.env = self.task.make_env(seed=self.seed, perturbation=_perturbation(str(p["perturbation"])))
         self.act_dim = self.task.act_dim
         self.action = np.zeros(self.act_dim)
         self.invalid_commands = 0
@@ -76,9 +90,6 @@ class SimRobot(Node):
         self._do_reset()
         period = min(self.lockstep_timeout_s, 0.05) if self.lockstep else 1.0 / self.rate_hz
         self.create_timer(period, self._on_timer)
-
-    def _param(self, name: str, default: Any, description: str) -> Any:
-        return self.declare_parameter(name, default, ParameterDescriptor(description=description)).value
 
     def _do_reset(self) -> None:
         obs, _ = self.env.reset(seed=self.seed + self.resets)

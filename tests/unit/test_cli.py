@@ -31,7 +31,36 @@ def error_line(capsys: pytest.CaptureFixture[str]) -> str:
 
 def test_unknown_task_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--task", "Nope-v0", "--no-progress"]) == 2
-    assert "unknown task 'Nope-v0'" in error_line(capsys)
+    line = error_line(capsys)
+    assert "unknown task 'Nope-v0'; valid names: " in line and "HalfCheetah-v5" in line  # from the registry
+
+
+def test_bad_task_entry_point_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--task", "mbmpo_no_such_module:make", "--no-progress"]) == 2
+    assert error_line(capsys) == ("mbmpo: error: task entry point 'mbmpo_no_such_module:make' cannot be loaded "
+                                  "(No module named 'mbmpo_no_such_module')")
+
+
+def test_train_resolves_its_task_through_the_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from mbmpo_core import registry
+    from mbmpo_ros import cli
+
+    made = SimpleNamespace(name="Toy-v0")
+    trained: list[tuple[str, object]] = []
+    monkeypatch.setattr(registry, "_registered", {})
+    registry.register("Toy-v0", lambda name, horizon: made if horizon == 20 else None)  # TINY's horizon
+
+    def run_training(config: object, task: object, *args: object, **kwargs: object) -> int:
+        trained.append((config.task, task))  # type: ignore[attr-defined]
+        return 0
+
+    monkeypatch.setattr(cli, "_run_training", run_training)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    assert main(["train", "--config", str(config), "--task", "Toy-v0", "--no-progress"]) == 0
+    assert trained == [("Toy-v0", made)]
 
 
 def test_bad_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
