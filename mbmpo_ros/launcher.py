@@ -1,11 +1,12 @@
 """``mbmpo launch train --sim``: the nodes of launch/train.launch.py as plain processes (no ``launch`` needed).
 
-    mbmpo launch train --sim [--task T] [--robots N] [--run-dir DIR] [--config FILE] [--steps N]
+    mbmpo launch train --sim [--task T] [--robots N] [--run-dir DIR] [--config FILE] [--steps N] [--rate-hz HZ]
 
-Each node is started as ``python -m mbmpo_ros.<node> --ros-args --params-file config/<node>.yaml -p ... -r
-__ns:=/robot_i``: the same executables with the same parameter files as the launch file, talking over real DDS
-(the ROS 2 wheels). Output is printed line by line with a ``[node]`` prefix. Ctrl-C (or the learner reaching
-``--steps``) stops everything: SIGINT to every child, a grace period, then SIGTERM, then SIGKILL.
+The node list is :func:`mbmpo_ros.graph.train_graph`, the one the launch file renders too. Each node is started
+as ``python -m mbmpo_ros.<node> --ros-args --params-file config/<node>.yaml -p ... -r __node:=<name> -r
+__ns:=/robot_i``, talking over real DDS (the ROS 2 wheels). Output is printed line by line with a ``[node]``
+prefix. Ctrl-C (or the learner reaching ``--steps``) stops everything: SIGINT to every child, a grace period,
+then SIGTERM, then SIGKILL.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mbmpo_core.config import ConfigError, load_config
-from sim import TASK_NAMES
+import yaml
+
+from mbmpo_ros.graph import NodeDescription, ParamValue, train_graph
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 GRACE_S = 15.0  # the learner may be finishing an iteration; its store is durable either way
@@ -53,39 +55,31 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _ros_node(module: str, label: str, params_file: Path, params: dict[str, str], namespace: str = "") -> NodeSpec:
-    cmd = [sys.executable, "-m", f"mbmpo_ros.{module}", "--ros-args", "--params-file", str(params_file)]
-    for key, value in params.items():
-        cmd += ["-p", f"{key}:={value}"]
-    if namespace:
-        cmd += ["-r", f"__ns:=/{namespace}"]
-    return NodeSpec(label, cmd)
+def ros_arg_value(value: ParamValue) -> str:
+    """``value`` as the YAML that ``--ros-args -p name:=<text>`` parses back to the same type and value
+    (``2.0`` stays a double, ``'123'`` a string, a list a string array)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30)
+    return text.removesuffix("...\n").strip()
+
+
+def command_line(node: NodeDescription) -> list[str]:
+    """``python -m <module> --ros-args`` with the node's parameter files, overrides, name and namespace."""
+    cmd = [sys.executable, "-m", node.module, "--ros-args"]
+    for path in node.parameter_files:
+        cmd += ["--params-file", str(path)]
+    for key, value in node.overrides.items():
+        cmd += ["-p", f"{key}:={ros_arg_value(value)}"]
+    cmd += ["-r", f"__node:={node.name}"]
+    if node.namespace:
+        cmd += ["-r", f"__ns:=/{node.namespace}"]
+    return cmd
 
 
 def train_nodes(args: argparse.Namespace) -> list[NodeSpec]:
-    """The process list of ``launch train``, mirroring launch/train.launch.py."""
-    namespaces = [f"robot_{i}" for i in range(args.robots)]
-    # One task and horizon for every node, from the learner's config: a controller on another task would
-    # reject every policy the learner publishes.
-    config = load_config(args.config or args.config_dir / "default.yaml", task=args.task or None)
-    if config.task not in TASK_NAMES:
-        raise ConfigError(f"unknown task '{config.task}'; valid names: {', '.join(TASK_NAMES)}")
-    task = {"task": config.task}
-    learner = {"robots": "[" + ",".join(namespaces) + "]", **task}
-    if args.run_dir:
-        learner["run_dir"] = str(Path(args.run_dir).resolve())
-    if args.config:
-        learner["config"] = str(Path(args.config).resolve())
-    if args.steps:
-        learner["exit_after_steps"] = str(args.steps)
-    nodes = [_ros_node("learner", "learner", args.config_dir / "learner.yaml", learner)]
-    for i, ns in enumerate(namespaces):
-        robot = {**task, "seed": str(i)}
-        controller = {**robot, "horizon": str(config.loop.horizon), "rate_hz": str(float(args.rate_hz))}
-        nodes.append(_ros_node("controller", f"{ns}/controller", args.config_dir / "controller.yaml", controller, ns))
-        if args.sim:
-            nodes.append(_ros_node("sim_robot", f"{ns}/sim_robot", args.config_dir / "sim_robot.yaml", robot, ns))
-    return nodes
+    """The process list of ``launch train``: :func:`mbmpo_ros.graph.train_graph`, rendered as command lines."""
+    graph = train_graph(args.config_dir, sim=args.sim, robots=args.robots, task=args.task, config=args.config,
+                        run_dir=args.run_dir, steps=args.steps, rate_hz=args.rate_hz)
+    return [NodeSpec(node.label, command_line(node)) for node in graph]
 
 
 def _pump(label: str, proc: subprocess.Popen[str]) -> None:
@@ -135,13 +129,10 @@ def supervise(procs: Sequence[subprocess.Popen[str]], labels: Sequence[str]) -> 
 def launch_main(argv: Sequence[str] | None = None) -> int:
     """``mbmpo launch ...``; returns the exit code (130 after Ctrl-C)."""
     args = _parser().parse_args(argv)
-    if args.robots < 1:
-        print("mbmpo launch: error: --robots must be >= 1", file=sys.stderr)
-        return 2
     try:
         specs = train_nodes(args)
-    except ConfigError as exc:
-        print(f"mbmpo launch: error: {exc}", file=sys.stderr)
+    except ValueError as exc:  # a bad config, task or argument (ConfigError, UnknownTaskError, GraphError)
+        print(f"mbmpo launch: error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
     procs: list[subprocess.Popen[str]] = []
     try:

@@ -1,17 +1,40 @@
-"""The launch files, checked without ``launch`` (a ROS 2 distribution package, not on PyPI) as far as possible."""
+"""The launch graph (mbmpo_ros.graph) and its two renderings: the launch files and ``mbmpo launch``.
+
+``launch`` is a ROS 2 distribution package, not on PyPI: where it is missing, the launch files run against small
+stand-ins for the few launch APIs they use, which record what the files build; where it is installed, they also
+run against the real API.
+"""
 
 from __future__ import annotations
 
 import ast
-import re
+import importlib.util
+import sys
+from importlib.metadata import entry_points
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
+import yaml
+
+from mbmpo_core.config import ConfigError
+from mbmpo_core.registry import UnknownTaskError
+from mbmpo_ros.graph import (
+    DEPLOY_ARGUMENTS,
+    TRAIN_ARGUMENTS,
+    GraphError,
+    NodeDescription,
+    deploy_graph,
+    train_graph,
+    train_graph_from_launch,
+)
+from mbmpo_ros.launcher import _parser, command_line, launch_main, ros_arg_value, train_nodes
 
 ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIR = ROOT / "config"
 LAUNCH_FILES = sorted((ROOT / "launch").glob("*.launch.py"))
-ALLOWED_IMPORTS = {"launch", "launch_ros", "ament_index_python", "os", "pathlib", "yaml"}
-EXECUTABLES = {"learner", "controller", "sim_robot"}
+ALLOWED_IMPORTS = {"launch", "launch_ros", "ament_index_python", "os", "pathlib", "yaml", "mbmpo_ros"}
 SKIP_REASON = "launch is not installed (ROS 2 distribution package, not on PyPI)"
 
 
@@ -40,52 +63,219 @@ def test_defines_generate_launch_description(path: Path) -> None:
     assert "generate_launch_description" in names
 
 
-@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
-def test_names_only_package_executables_and_existing_parameter_files(path: Path) -> None:
-    executables, files = set(), set()
-    for node in ast.walk(_tree(path)):
-        if isinstance(node, ast.keyword) and node.arg == "executable" and isinstance(node.value, ast.Constant):
-            executables.add(node.value.value)
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and re.fullmatch(r"\w+\.yaml", node.value):
-            files.add(node.value)
-    assert executables and executables <= EXECUTABLES, executables
-    assert files, "no parameter file named"
-    for name in files:
-        assert (ROOT / "config" / name).is_file(), name
-
-
 def test_parameter_files_use_the_ros_format() -> None:
-    import yaml
-
     for name in ("learner.yaml", "controller.yaml", "sim_robot.yaml"):
-        raw = yaml.safe_load((ROOT / "config" / name).read_text())
+        raw = yaml.safe_load((CONFIG_DIR / name).read_text())
         assert set(raw) == {"/**"} and set(raw["/**"]) == {"ros__parameters"}, name
 
 
-def test_launcher_mirrors_the_train_launch_file(tmp_path: Path) -> None:
-    from mbmpo_ros.launcher import _parser, train_nodes
-
-    specs = train_nodes(_parser().parse_args(["train", "--sim", "--robots", "2", "--task", "Hopper-v5",
-                                              "--steps", "500"]))
-    assert [s.label for s in specs] == ["learner", "robot_0/controller", "robot_0/sim_robot",
+# ------------------------------------------------------------------------------------------ the description
+def test_train_graph_nodes_and_overrides(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("task: Hopper-v5\nloop: {horizon: 77}\n")
+    nodes = train_graph(CONFIG_DIR, sim=True, robots=2, config=str(config), run_dir="runs/x", steps=500, rate_hz=50)
+    assert [n.label for n in nodes] == ["learner", "robot_0/controller", "robot_0/sim_robot",
                                         "robot_1/controller", "robot_1/sim_robot"]
-    learner = " ".join(specs[0].cmd)
-    assert "-m mbmpo_ros.learner --ros-args --params-file" in learner and "learner.yaml" in learner
-    assert "robots:=[robot_0,robot_1]" in learner and "exit_after_steps:=500" in learner
-    assert specs[4].cmd[-2:] == ["-r", "__ns:=/robot_1"] and "task:=Hopper-v5" in specs[4].cmd
+    learner, controller, sim = nodes[0], nodes[3], nodes[4]
+    assert dict(learner.overrides) == {"robots": ["robot_0", "robot_1"], "task": "Hopper-v5",
+                                       "config": str(config), "run_dir": str(Path("runs/x").resolve()),
+                                       "exit_after_steps": 500}
+    assert dict(controller.overrides) == {"task": "Hopper-v5", "seed": 1, "horizon": 77, "rate_hz": 50.0}
+    assert (sim.namespace, dict(sim.overrides)) == ("robot_1", {"task": "Hopper-v5", "seed": 1})
+    assert [n.parameter_files for n in nodes[:3]] == [(CONFIG_DIR / "learner.yaml",),
+                                                      (CONFIG_DIR / "controller.yaml",),
+                                                      (CONFIG_DIR / "sim_robot.yaml",)]
+    # Without sim: no sim_robot; without --task: the config's task; default config: default.yaml's.
+    assert [n.executable for n in train_graph(CONFIG_DIR, sim=False, robots=1)] == ["learner", "controller"]
+    assert train_graph(CONFIG_DIR, sim=False)[1].overrides["task"] == "HalfCheetah-v5"
 
 
-@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
-def test_generate_launch_description_runs(path: Path) -> None:
-    try:  # the repository's own launch/ folder is importable as a namespace package: check the real API
-        import launch_ros  # noqa: F401
-        from launch import LaunchDescription  # noqa: F401
-    except ImportError:
-        pytest.skip(SKIP_REASON)
-    import importlib.util
+def test_every_node_is_a_package_executable_with_existing_parameter_files() -> None:
+    scripts = {ep.name: ep.value for ep in entry_points(group="console_scripts")}
+    nodes = [*train_graph(CONFIG_DIR, sim=True, robots=2), *deploy_graph(CONFIG_DIR)]
+    assert {n.executable for n in nodes} == {"learner", "controller", "sim_robot"}
+    for node in nodes:
+        assert scripts[node.executable] == f"{node.module}:main", node.executable
+        assert node.parameter_files and all(path.is_file() for path in node.parameter_files), node.label
 
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), [
+    ({"robots": 0}, GraphError, "the number of robots must be >= 1, got 0"),
+    ({"rate_hz": float("nan")}, GraphError, "steps and rate_hz must be finite and >= 0"),
+    ({"task": "Nope-v0"}, UnknownTaskError, "unknown task 'Nope-v0'; valid names: "),
+    ({"config": "/nonexistent/c.yaml"}, ConfigError, "/nonexistent/c.yaml"),
+])
+def test_bad_train_graph_input_is_one_line(kwargs: dict[str, Any], error: type[Exception], message: str) -> None:
+    with pytest.raises(error) as info:
+        train_graph(CONFIG_DIR, **kwargs)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("name", "text", "message"), [
+    ("sim", "maybe", "launch argument sim must be true or false, got 'maybe'"),
+    ("num_robots", "two", "launch argument num_robots must be an integer, got 'two'"),
+    ("rate_hz", "fast", "launch argument rate_hz must be a number, got 'fast'"),
+])
+def test_bad_launch_argument_is_one_line(name: str, text: str, message: str) -> None:
+    values = {arg.name: arg.default for arg in TRAIN_ARGUMENTS} | {name: text}
+    with pytest.raises(GraphError, match=f"^{message}$"):
+        train_graph_from_launch(CONFIG_DIR, values)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--robots", "0"], "the number of robots must be >= 1, got 0"),
+    (["--task", "Nope-v0"], "unknown task 'Nope-v0'; valid names: Ant-v5, "),
+])
+def test_launcher_rejects_bad_input_before_starting_nodes(argv: list[str], message: str,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    assert launch_main(["train", "--sim", *argv]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.startswith(f"mbmpo launch: error: {message}") and out.err.count("\n") == 1
+
+
+@pytest.mark.parametrize("value", ["", "Hopper-v5", "123", "true", '{"mass_scale": 1.5}', "/a b/c", 0, -3, 2.0,
+                                   0.0, 1e-5, True, False, ["robot_0", "robot_1"], ["1", "a,b"]])
+def test_ros_arg_value_parses_back_to_the_same_type_and_value(value: Any) -> None:
+    parsed = yaml.safe_load(ros_arg_value(value))
+    assert type(parsed) is type(value) and parsed == value
+
+
+# ------------------------------------------------------------------------------------------ the renderings
+def _parse_command(cmd: list[str]) -> dict[str, Any]:
+    """A launcher command line back into module, parameter files, overrides, node name and namespace."""
+    assert cmd[1:2] == ["-m"] and cmd[3] == "--ros-args"
+    out: dict[str, Any] = {"module": cmd[2], "files": [], "overrides": {}, "name": None, "namespace": None}
+    args = iter(cmd[4:])
+    for flag in args:
+        value = next(args)
+        if flag == "--params-file":
+            out["files"].append(value)
+        elif flag == "-p":
+            key, _, text = value.partition(":=")
+            out["overrides"][key] = yaml.safe_load(text)
+        elif flag == "-r" and value.startswith("__node:="):
+            out["name"] = value.removeprefix("__node:=")
+        elif flag == "-r" and value.startswith("__ns:=/"):
+            out["namespace"] = value.removeprefix("__ns:=/")
+        else:
+            raise AssertionError(f"unexpected argument {flag} {value}")
+    return out
+
+
+def _from_description(node: NodeDescription) -> dict[str, Any]:
+    return {"module": node.module, "files": [str(p) for p in node.parameter_files],
+            "overrides": dict(node.overrides), "name": node.name, "namespace": node.namespace or None}
+
+
+class _Recorded:
+    """Stands in for a launch class: keeps its arguments."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args, self.kwargs = args, kwargs
+
+
+class _LaunchConfiguration(_Recorded):
+    def perform(self, context: dict[str, str]) -> str:
+        return context[self.args[0]]
+
+
+@pytest.fixture
+def stand_in_launch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """launch, launch_ros and ament_index_python as stand-ins (the package share directory is the source tree)."""
+    modules = {
+        "launch": {"LaunchDescription": lambda entities: list(entities)},
+        "launch.actions": {"DeclareLaunchArgument": _Recorded, "OpaqueFunction": _Recorded},
+        "launch.substitutions": {"LaunchConfiguration": _LaunchConfiguration},
+        "launch_ros": {},
+        "launch_ros.actions": {"Node": _Recorded},
+        "ament_index_python": {},
+        "ament_index_python.packages": {"get_package_share_directory": lambda package: str(ROOT)},
+    }
+    for name, attrs in modules.items():
+        module = ModuleType(name)
+        module.__dict__.update(attrs)
+        monkeypatch.setitem(sys.modules, name, module)
+
+
+def _load_launch_file(name: str) -> Any:
+    path = ROOT / "launch" / name
     spec = importlib.util.spec_from_file_location(path.stem.replace(".", "_"), path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.generate_launch_description().entities
+    return module
+
+
+def _launch_nodes(name: str, arguments: dict[str, str]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Run a launch file on the stand-ins: its argument names and the Node kwargs it builds for ``arguments``."""
+    entities = _load_launch_file(name).generate_launch_description()
+    declared = {e.args[0]: e.kwargs["default_value"] for e in entities if "default_value" in e.kwargs}
+    [opaque] = [e for e in entities if "function" in e.kwargs]
+    nodes = opaque.kwargs["function"]({**declared, **arguments})
+    return list(declared), [node.kwargs for node in nodes]
+
+
+def _from_launch_node(kwargs: dict[str, Any]) -> dict[str, Any]:
+    *files, overrides = kwargs["parameters"]
+    assert kwargs["package"] == "mbmpo_ros" and kwargs["output"] == "screen"
+    return {"module": f"mbmpo_ros.{kwargs['executable']}", "files": files, "overrides": overrides,
+            "name": kwargs["name"], "namespace": kwargs["namespace"]}
+
+
+@pytest.mark.usefixtures("stand_in_launch")
+def test_train_launch_file_and_launcher_render_the_same_description(tmp_path: Path) -> None:
+    run_dir = str(tmp_path / "run")
+    cli = ["train", "--sim", "--robots", "2", "--task", "Hopper-v5", "--steps", "500", "--rate-hz", "40",
+           "--run-dir", run_dir]
+    launch_args = {"sim": "true", "num_robots": "2", "task": "Hopper-v5", "steps": "500", "rate_hz": "40",
+                   "run_dir": run_dir}
+    description = [_from_description(n) for n in train_graph(CONFIG_DIR, sim=True, robots=2, task="Hopper-v5",
+                                                               steps=500, rate_hz=40.0, run_dir=run_dir)]
+    declared, launch_nodes = _launch_nodes("train.launch.py", launch_args)
+    assert declared == [arg.name for arg in TRAIN_ARGUMENTS]
+    assert [_from_launch_node(kwargs) for kwargs in launch_nodes] == description
+    specs = train_nodes(_parser().parse_args(cli))
+    assert [_parse_command(spec.cmd) for spec in specs] == description
+    assert [spec.label for spec in specs] == ["learner", "robot_0/controller", "robot_0/sim_robot",
+                                              "robot_1/controller", "robot_1/sim_robot"]
+    assert description[0]["overrides"]["exit_after_steps"] == 500 and description[4]["namespace"] == "robot_1"
+
+
+@pytest.mark.usefixtures("stand_in_launch")
+def test_train_launch_file_defaults_and_a_bad_argument() -> None:
+    _, nodes = _launch_nodes("train.launch.py", {})
+    assert [(n["executable"], n["namespace"]) for n in nodes] == [("learner", None), ("controller", "robot_0"),
+                                                                   ("sim_robot", "robot_0")]
+    with pytest.raises(GraphError, match="launch argument sim must be true or false, got 'maybe'"):
+        _launch_nodes("train.launch.py", {"sim": "maybe"})
+
+
+@pytest.mark.usefixtures("stand_in_launch")
+def test_deploy_launch_file_renders_deploy_graph() -> None:
+    declared, nodes = _launch_nodes("deploy.launch.py", {"namespace": "arm_3", "task": "Hopper-v5",
+                                                         "explore": "true"})
+    assert declared == [arg.name for arg in DEPLOY_ARGUMENTS]
+    [expected] = deploy_graph(CONFIG_DIR, namespace="arm_3", task="Hopper-v5", explore=True)
+    assert [_from_launch_node(n) for n in nodes] == [_from_description(expected)]
+    assert expected.overrides == {"task": "Hopper-v5", "explore": True}
+    assert _parse_command(command_line(expected)) == _from_description(expected)
+
+
+@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
+def test_launch_files_run_on_the_real_launch_api(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    try:  # the repository's own launch/ folder is importable as a namespace package: check the real API
+        import ament_index_python.packages as ament
+        from launch import LaunchContext
+        from launch.actions import DeclareLaunchArgument, OpaqueFunction
+    except ImportError:
+        pytest.skip(SKIP_REASON)
+    monkeypatch.setattr(ament, "get_package_share_directory", lambda package: str(ROOT))  # no colcon install
+    description = _load_launch_file(path.name).generate_launch_description()
+    context = LaunchContext()
+    for entity in description.entities:
+        if isinstance(entity, DeclareLaunchArgument):
+            entity.execute(context)  # sets the argument's default
+    [opaque] = [e for e in description.entities if isinstance(e, OpaqueFunction)]
+    nodes = opaque.execute(context)
+    expected = train_graph(CONFIG_DIR) if path.name == "train.launch.py" else deploy_graph(CONFIG_DIR)
+    assert [n.node_executable for n in nodes] == [n.executable for n in expected]

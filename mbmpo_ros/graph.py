@@ -1,0 +1,170 @@
+"""The ROS graphs of a training run and of a deployment, described once as plain data.
+
+``launch/train.launch.py`` and ``launch/deploy.launch.py`` render these descriptions as ``launch_ros`` nodes,
+``mbmpo launch`` (:mod:`mbmpo_ros.launcher`) as processes; neither builds its own node list. Nothing here imports
+``launch`` (not on PyPI), so the description is tested anywhere.
+
+Training: one learner, then per robot namespace ``<prefix><i>`` a controller and, in sim mode, a sim_robot. Every
+node runs the task of the learner's config (a controller on another task would reject every policy), checked
+through :mod:`mbmpo_core.registry` before any node starts; the controllers' episodes have the config's horizon.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mbmpo_core import registry
+from mbmpo_core.config import load_config
+
+PACKAGE = "mbmpo_ros"
+ParamValue = bool | int | float | str | list[str]
+
+
+class GraphError(ValueError):
+    """A launch argument that cannot describe a graph; the message is one line."""
+
+
+@dataclass(frozen=True)
+class NodeDescription:
+    """One node: the package's ``executable`` (also the module ``<package>.<executable>``), its name and
+    namespace ('' = global), its parameter files, then the parameters that override them."""
+
+    executable: str
+    name: str
+    namespace: str = ""
+    parameter_files: tuple[Path, ...] = ()
+    overrides: Mapping[str, ParamValue] = field(default_factory=dict)
+    package: str = PACKAGE
+
+    @property
+    def module(self) -> str:
+        """The Python module run as ``python -m``."""
+        return f"{self.package}.{self.executable}"
+
+    @property
+    def label(self) -> str:
+        """``<namespace>/<name>``, or the name of a global node: the prefix of its output lines."""
+        return f"{self.namespace}/{self.name}" if self.namespace else self.name
+
+
+@dataclass(frozen=True)
+class LaunchArgument:
+    """A launch argument of a launch file: name, default (as ``ros2 launch`` passes it: a string), description."""
+
+    name: str
+    default: str
+    description: str
+
+
+TRAIN_ARGUMENTS: tuple[LaunchArgument, ...] = (
+    LaunchArgument("sim", "true", "start a MuJoCo sim_robot per robot (true|false)"),
+    LaunchArgument("config", "", "mbmpo YAML config ('' = the package's config/default.yaml)"),
+    LaunchArgument("task", "", "task name ('' = the config's)"),
+    LaunchArgument("num_robots", "1", "number of robot namespaces"),
+    LaunchArgument("namespace_prefix", "robot_", "robot i is <prefix><i>"),
+    LaunchArgument("run_dir", "", "learner run directory ('' = a new one)"),
+    LaunchArgument("steps", "0", "stop when the learner has stored this many real steps (0 = never)"),
+    LaunchArgument("rate_hz", "0.0", "control rate of the controllers (0 = the task's)"),
+)
+
+DEPLOY_ARGUMENTS: tuple[LaunchArgument, ...] = (
+    LaunchArgument("namespace", "robot_0", "robot namespace"),
+    LaunchArgument("task", "InvertedPendulum-v5", "task name"),
+    LaunchArgument("explore", "false", "sample actions (true) or act on the policy's mean (false)"),
+)
+
+
+def task_and_horizon(config_dir: Path, config: str = "", task: str = "") -> tuple[str, int]:
+    """The config's task (unless ``task`` names one) and its episode horizon; the task must resolve.
+
+    ``config`` '' is ``config_dir/default.yaml``. A bad config or an unknown task is a one-line ``ValueError``.
+    """
+    cfg = load_config(config or config_dir / "default.yaml", task=task or None)
+    registry.resolve(cfg.task)
+    return cfg.task, cfg.loop.horizon
+
+
+def controller_node(config_dir: Path, namespace: str, **overrides: ParamValue) -> NodeDescription:
+    """The controller of robot ``namespace`` with config/controller.yaml and ``overrides``."""
+    return NodeDescription("controller", "controller", namespace, (config_dir / "controller.yaml",), overrides)
+
+
+def train_graph(config_dir: Path, *, sim: bool = True, robots: int = 1, task: str = "", config: str = "",
+                run_dir: str = "", steps: int = 0, rate_hz: float = 0.0,
+                namespace_prefix: str = "robot_") -> list[NodeDescription]:
+    """The nodes of a training run: the learner first, then per robot a controller (and a sim_robot if ``sim``).
+
+    ``config_dir`` holds the parameter files and default.yaml (the source tree's or the installed package's
+    config/); ``config`` and ``run_dir`` are made absolute (the nodes may run elsewhere).
+    """
+    if robots < 1:
+        raise GraphError(f"the number of robots must be >= 1, got {robots}")
+    if steps < 0 or not 0 <= rate_hz < math.inf:
+        raise GraphError(f"steps and rate_hz must be finite and >= 0, got {steps} and {rate_hz}")
+    task_name, horizon = task_and_horizon(config_dir, config, task)
+    namespaces = [f"{namespace_prefix}{i}" for i in range(robots)]
+    learner: dict[str, ParamValue] = {"robots": namespaces, "task": task_name}
+    if config:
+        learner["config"] = str(Path(config).resolve())
+    if run_dir:
+        learner["run_dir"] = str(Path(run_dir).resolve())
+    if steps:
+        learner["exit_after_steps"] = steps
+    nodes = [NodeDescription("learner", "learner", "", (config_dir / "learner.yaml",), learner)]
+    for i, ns in enumerate(namespaces):
+        nodes.append(controller_node(config_dir, ns, task=task_name, seed=i, horizon=horizon,
+                                     rate_hz=float(rate_hz)))
+        if sim:
+            nodes.append(NodeDescription("sim_robot", "sim_robot", ns, (config_dir / "sim_robot.yaml",),
+                                         {"task": task_name, "seed": i}))
+    return nodes
+
+
+def deploy_graph(config_dir: Path, *, namespace: str = "robot_0", task: str = "InvertedPendulum-v5",
+                 explore: bool = False) -> list[NodeDescription]:
+    """The nodes of a deployment: one controller (the robot's driver provides joint_states and command)."""
+    registry.resolve(task)
+    return [controller_node(config_dir, namespace, task=task, explore=explore)]
+
+
+def train_graph_from_launch(config_dir: Path, values: Mapping[str, str]) -> list[NodeDescription]:
+    """:func:`train_graph` from the strings of :data:`TRAIN_ARGUMENTS` (as ``ros2 launch`` gives them)."""
+    return train_graph(config_dir, sim=parse_bool("sim", values["sim"]),
+                       robots=_parse_int("num_robots", values["num_robots"]), task=values["task"],
+                       config=values["config"], run_dir=values["run_dir"],
+                       steps=_parse_int("steps", values["steps"]),
+                       rate_hz=_parse_float("rate_hz", values["rate_hz"]),
+                       namespace_prefix=values["namespace_prefix"])
+
+
+def deploy_graph_from_launch(config_dir: Path, values: Mapping[str, str]) -> list[NodeDescription]:
+    """:func:`deploy_graph` from the strings of :data:`DEPLOY_ARGUMENTS`."""
+    return deploy_graph(config_dir, namespace=values["namespace"], task=values["task"],
+                        explore=parse_bool("explore", values["explore"]))
+
+
+def parse_bool(name: str, text: str) -> bool:
+    """A boolean launch argument as launch's conditions read it (true/false/1/0, any case)."""
+    value = text.strip().lower()
+    if value in ("true", "1"):
+        return True
+    if value in ("false", "0"):
+        return False
+    raise GraphError(f"launch argument {name} must be true or false, got {text!r}")
+
+
+def _parse_int(name: str, text: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise GraphError(f"launch argument {name} must be an integer, got {text!r}") from None
+
+
+def _parse_float(name: str, text: str) -> float:
+    try:
+        return float(text.strip())
+    except ValueError:
+        raise GraphError(f"launch argument {name} must be a number, got {text!r}") from None
