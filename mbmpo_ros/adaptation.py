@@ -3,7 +3,7 @@
 :class:`OnlineAdapter` is the state machine. It runs the meta-policy ``theta`` for ``episodes`` complete
 episodes, recording per step the observation, the RAW sampled action (before clipping: the log-probability
 of the PG step is of what the policy sampled) and the reward. With that batch it builds an
-:class:`AdaptJob`: advantages with the numpy twins of training (:func:`compute_advantages`, linear
+:class:`AdaptJob`: advantages computed as in training (:func:`compute_advantages` on numpy arrays, linear
 feature baseline, the policy's ``gamma`` / ``gae_lambda``, normalized over all episodes of the batch) and
 one inner step ``OnnxPolicy.adapt`` (the exact inner step of meta-training). The job runs OFF the control
 tick (the node hands it to a worker thread); its result is :meth:`deliver`-ed, and the adapter switches to
@@ -32,8 +32,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from mbmpo_core.advantages import compute_advantages
 from mbmpo_core.episodes import pad_episodes
-from mbmpo_core.onnx_runtime import compute_advantages
 
 Params = dict[str, np.ndarray]
 

@@ -1,6 +1,11 @@
-"""Returns, GAE, advantage normalisation and the linear feature baseline."""
+"""Returns, GAE, advantage normalisation and the linear feature baseline, on torch tensors and numpy arrays
+(one implementation: the numpy path must give training's numbers and must not load torch)."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -159,3 +164,76 @@ def test_compute_advantages_pipeline() -> None:
     assert torch.allclose(values, baseline.predict(obs, mask), atol=1e-10)
     adv_n, _ = compute_advantages(rewards, obs, mask, normalize=True)
     assert abs(float(adv_n[0][mask[0] > 0].mean())) < 1e-8
+
+
+# ---------------------------------------------------------------------------------------------- numpy = torch
+def _episodes(lead: tuple[int, ...], n: int, horizon: int, seed: int) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    obs = (3.0 * rng.standard_normal((*lead, n, horizon, 5))).astype(np.float32)
+    rewards = rng.standard_normal((*lead, n, horizon)).astype(np.float32)
+    lengths = rng.integers(1, horizon + 1, (*lead, n))
+    mask = (np.arange(horizon) < lengths[..., None]).astype(np.float32)
+    return obs, rewards * mask, mask
+
+
+@pytest.mark.parametrize(("lead", "horizon"), [((), 40), ((3,), 25), ((2,), 4)])
+def test_numpy_advantages_match_torch(lead: tuple[int, ...], horizon: int) -> None:
+    obs, rewards, mask = _episodes(lead, 6, horizon, seed=len(lead) + horizon)
+    np_base, torch_base = LinearFeatureBaseline(), LinearFeatureBaseline()
+    adv, ret = compute_advantages(rewards, obs, mask, 0.99, 0.95, baseline=np_base)
+    t_adv, t_ret = compute_advantages(
+        torch.from_numpy(rewards), torch.from_numpy(obs), torch.from_numpy(mask), 0.99, 0.95, baseline=torch_base)
+    assert isinstance(adv, np.ndarray) and adv.dtype == np.float32 and isinstance(t_adv, torch.Tensor)
+    np.testing.assert_allclose(ret, t_ret.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(adv, t_adv.numpy(), rtol=1e-5, atol=1e-5)
+    assert np_base.last_reg is not None and torch_base.last_reg is not None
+    np.testing.assert_array_equal(np_base.last_reg, torch_base.last_reg.numpy())
+    assert np.all(adv[mask == 0] == 0)
+
+
+def test_numpy_gae_and_normalization_match_torch() -> None:
+    _, rewards, mask = _episodes((2,), 4, 30, seed=11)
+    values = np.random.default_rng(12).standard_normal(rewards.shape).astype(np.float32) * mask
+    t = torch.from_numpy
+    np.testing.assert_allclose(gae(rewards, values, mask, 0.9, 0.8),
+                               gae(t(rewards), t(values), t(mask), 0.9, 0.8).numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(normalize_advantages(rewards, mask),
+                               normalize_advantages(t(rewards), t(mask)).numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(normalize_advantages(rewards, mask, per_task=False),
+                               normalize_advantages(t(rewards), t(mask), per_task=False).numpy(), rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_numpy_ridge_fallback_matches_torch() -> None:
+    """The escalation and the float64 fit of the ill-conditioned case above, on numpy arrays."""
+    rng = np.random.default_rng(5)
+    h = 50
+    obs = np.zeros((2, 4, h, 3))
+    obs[1] = rng.standard_normal((4, h, 3))
+    returns, mask = rng.standard_normal((2, 4, h)), np.ones((2, 4, h))
+    np_base, torch_base = LinearFeatureBaseline(1e-8, max_cond=1e8), LinearFeatureBaseline(1e-8, max_cond=1e8)
+    np_base.fit(obs, returns, mask)
+    torch_base.fit(torch.from_numpy(obs), torch.from_numpy(returns), torch.from_numpy(mask))
+    np.testing.assert_array_equal(np_base.last_reg, [1e-5, 1e-8])
+    np.testing.assert_array_equal(np_base.last_reg, torch_base.last_reg.numpy())
+    np.testing.assert_allclose(np_base.coeffs, torch_base.coeffs.numpy(), rtol=1e-8, atol=1e-10)
+    # float32 data is fitted in float64 and the coefficients come back in float32.
+    np_base.fit(obs.astype(np.float32), returns.astype(np.float32), mask.astype(np.float32))
+    assert np_base.coeffs.dtype == np.float32
+    np.testing.assert_allclose(np_base.coeffs, torch_base.coeffs.numpy(), rtol=1e-5, atol=1e-5)
+    # Every ridge level rejected (max_cond below any condition number): the pseudo-inverse, largest ridge.
+    last = LinearFeatureBaseline(1e-8, max_reg_tries=3, max_cond=1.0)
+    last.fit(obs, returns, mask)
+    np.testing.assert_array_equal(last.last_reg, [1e-6, 1e-6])
+    assert np.isfinite(last.coeffs).all()
+
+
+def test_numpy_path_does_not_import_torch() -> None:
+    code = ("import sys, numpy as np\n"
+            "from mbmpo_core.advantages import compute_advantages\n"
+            "adv, ret = compute_advantages(np.ones((2, 5)), np.ones((2, 5, 3)), np.ones((2, 5)))\n"
+            "assert adv.shape == (2, 5) and ret[0, 0] > 4.9, ret\n"
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode == 0, result.stderr
