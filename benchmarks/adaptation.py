@@ -196,7 +196,7 @@ def main() -> None:
     task = make_task(args.task, horizon=args.horizon)
     mbmpo, metrpo = OnnxPolicy(args.mbmpo), OnnxPolicy(args.metrpo)
     for name, pol in (("MB-MPO", mbmpo), ("ME-TRPO", metrpo)):
-        print(f"{name}: {pol.path} inner_lr={json.dumps(pol.metadata['inner_lr'])} "
+        print(f"{name}: {args.mbmpo if pol is mbmpo else args.metrpo} inner_lr={json.dumps(pol.metadata['inner_lr'])} "
               f"iteration={pol.metadata.get('learner_iteration')} can_adapt={pol.can_adapt}", flush=True)
     variants = [("MB-MPO", mbmpo, step_fns(mbmpo, None)), ("ME-TRPO", metrpo, step_fns(metrpo, None)),
                 (f"ME-TRPO+lr{args.metrpo_lr:g}", metrpo, step_fns(metrpo, args.metrpo_lr))]

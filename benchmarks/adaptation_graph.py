@@ -232,7 +232,7 @@ def main() -> None:
     from rclpy.node import Node
     from std_msgs.msg import UInt8MultiArray
 
-    from mbmpo_core.onnx_runtime import OnnxPolicy, read_policy_bundle
+    from mbmpo_core.onnx_runtime import read_policy_bundle
     from mbmpo_ros.codec import encode_policy
     from mbmpo_ros.qos import POLICY_QOS
 
@@ -243,10 +243,10 @@ def main() -> None:
     step_ms: list[float] = []
     run = 0
     for name, path in variants:
-        files, policy_id = read_policy_bundle(path, expected_task=args.task)
-        horizon = int(OnnxPolicy(path).metadata["horizon"])
+        bundle = read_policy_bundle(path, expected_task=args.task)
+        policy_id, horizon = bundle.policy_id, int(bundle.metadata["horizon"])
         publisher = driver.create_publisher(UInt8MultiArray, "/mbmpo/policy", POLICY_QOS)
-        publisher.publish(encode_policy(files, policy_id))
+        publisher.publish(encode_policy(bundle))
         for pname in args.perturbations:
             pert = PERTURBATIONS[pname]
             for seed in args.seeds:

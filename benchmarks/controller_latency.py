@@ -44,6 +44,8 @@ from typing import Any
 
 import numpy as np
 
+from mbmpo_core.bundle import PolicyBundle
+
 RESULTS = Path(__file__).parent / "results" / "controller_latency.csv"
 
 
@@ -115,18 +117,15 @@ def run_controller(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------ driver process
-def export_fresh_policy(task: Any, folder: Path) -> tuple[dict[str, bytes], str]:
-    from mbmpo_core.export import export_policy
-    from mbmpo_core.onnx_runtime import read_policy_bundle
+def export_fresh_policy(task: Any) -> PolicyBundle:
+    from mbmpo_core.export import export_bundle
     from mbmpo_core.policy import GaussianMLPPolicy
 
-    path = folder / "policy.onnx"
-    export_policy(
-        GaussianMLPPolicy(task.obs_dim, task.act_dim, hidden_sizes=(32, 32)), path, task_name=task.name,
+    return export_bundle(
+        GaussianMLPPolicy(task.obs_dim, task.act_dim, hidden_sizes=(32, 32)), task_name=task.name,
         obs_names=task.obs_names, act_names=task.act_names, joint_names=task.joint_names,
         action_low=task.action_low, action_high=task.action_high, control_rate_hz=1.0 / task.dt,
         horizon=task.horizon, inner_lr=0.001, gamma=0.99, gae_lambda=1.0, iteration=0)
-    return read_policy_bundle(path)
 
 
 def run_driver(args: argparse.Namespace) -> int:
@@ -141,8 +140,8 @@ def run_driver(args: argparse.Namespace) -> int:
     from sim import make_task
 
     task = make_task(args.task, horizon=200)
-    with tempfile.TemporaryDirectory() as tmp:
-        files, pid = export_fresh_policy(task, Path(tmp))
+    bundle = export_fresh_policy(task)
+    pid = bundle.policy_id
     rclpy.init()
     node = Node("bench_driver")
     policy_pub = node.create_publisher(UInt8MultiArray, "/mbmpo/policy", POLICY_QOS)
@@ -159,7 +158,7 @@ def run_driver(args: argparse.Namespace) -> int:
                     active[0] = kv.value
 
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, DIAGNOSTICS_QOS)
-    policy_pub.publish(encode_policy(files, pid))
+    policy_pub.publish(encode_policy(bundle))
     deadline = time.monotonic() + 60.0
     while active[0] != pid and time.monotonic() < deadline:
         rclpy.spin_once(node, timeout_sec=0.05)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import csv
 import platform
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mbmpo_core.export import export_policy
+from mbmpo_core.export import export_bundle
 from mbmpo_core.onnx_runtime import OnnxPolicy
 from mbmpo_core.policy import GaussianMLPPolicy
 from sim import make_task
@@ -47,11 +46,10 @@ def main() -> None:
     torch.set_num_threads(1)
     task = make_task(args.task, horizon=200)
     policy = GaussianMLPPolicy(task.obs_dim, task.act_dim)
-    path = Path(tempfile.mkdtemp()) / "policy.onnx"
-    export_policy(policy, path, task_name=task.name, obs_names=task.obs_names, act_names=task.act_names,
+    bundle = export_bundle(policy, task_name=task.name, obs_names=task.obs_names, act_names=task.act_names,
                   joint_names=task.joint_names, action_low=task.action_low, action_high=task.action_high,
                   control_rate_hz=1 / task.dt, horizon=200, inner_lr=1e-3, gamma=0.99, gae_lambda=1.0, iteration=0)
-    onnx_policy = OnnxPolicy(path)
+    onnx_policy = OnnxPolicy.from_bundle(bundle)
     obs = np.random.default_rng(0).normal(size=(1, task.obs_dim)).astype(np.float32)
     obs_t = torch.as_tensor(obs)
     rows = []

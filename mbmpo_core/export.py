@@ -4,7 +4,9 @@ The graphs are written by hand with ``onnx.helper`` (opset 17, IR version 8) rat
 ``torch.onnx.export``: the forward pass is a few Gemm/Tanh nodes, the inner step needs the *analytic*
 backward pass as plain ops (onnxruntime has no autograd in inference builds), and hand-written graphs keep
 the parameter names (``l0.weight`` ... ``log_std``, dots kept) as the graph input names. The file layout and
-the metadata contract are documented in :mod:`mbmpo_core.onnx_runtime`, the torch-free side.
+the metadata contract are documented in :mod:`mbmpo_core.bundle`. The exporter builds a
+:class:`~mbmpo_core.bundle.PolicyBundle` in memory (:func:`export_bundle`); :func:`export_policy` also writes it.
+Nothing here imports onnxruntime: training writes policies without it.
 
 Inner-step math (one task, ``N`` rows, ``c_n = mask_n * A_n / max(sum(mask), 1)``), i.e. the gradient of
 ``J = sum_n c_n log pi(a_n | s_n)``, which equals ``grad`` of :func:`mbmpo_core.meta.pg_surrogate` at the
@@ -18,7 +20,6 @@ sampling parameters (the ratio form has ``ratio = 1`` there)::
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,8 +29,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from mbmpo_core.config import load_config
-from mbmpo_core.onnx_runtime import (
+from mbmpo_core.bundle import (
     ACT_INPUT,
     ADAPTED_PREFIX,
     ADV_INPUT,
@@ -41,10 +41,14 @@ from mbmpo_core.onnx_runtime import (
     OBS_INPUT,
     OBS_MEAN_CONST,
     OBS_SCALE_CONST,
+    POLICY_FILE,
+    PolicyBundle,
+    decode_metadata,
     encode_metadata,
     inner_lr_arrays,
     policy_id,
 )
+from mbmpo_core.config import load_config
 from mbmpo_core.policy import GaussianMLPPolicy
 
 OPSET = 17
@@ -77,7 +81,7 @@ def policy_numpy_params(policy: GaussianMLPPolicy) -> dict[str, np.ndarray]:
 
 
 def torch_policy_id(policy: GaussianMLPPolicy) -> str:
-    """:func:`mbmpo_core.onnx_runtime.policy_id` of the policy's current parameters."""
+    """:func:`mbmpo_core.bundle.policy_id` of the policy's current parameters."""
     return policy_id(policy_numpy_params(policy), policy.param_names())
 
 
@@ -210,13 +214,6 @@ def build_adapt_model(
 
 
 # ---------------------------------------------------------------------------------------------- export
-def _write_atomic(model: onnx.ModelProto, path: Path) -> None:
-    """Write beside the target and rename, so a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(model.SerializeToString())
-    os.replace(tmp, path)
-
-
 def _inner_lr_metadata(inner_lr: InnerLr) -> Any:
     if isinstance(inner_lr, int | float):
         return float(inner_lr)
@@ -227,9 +224,8 @@ def _to_numpy(value: Any) -> np.ndarray:
     return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
 
 
-def export_policy(
+def export_bundle(
     policy: GaussianMLPPolicy,
-    path: str | Path,
     *,
     task_name: str,
     obs_names: Sequence[str],
@@ -243,18 +239,17 @@ def export_policy(
     gamma: float,
     gae_lambda: float,
     iteration: int,
-    write_adapt: bool = True,
-) -> str:
-    """Write ``path`` (policy graph) and, beside it, :func:`adapt_file_name` (inner-step graph).
+    file_name: str = POLICY_FILE,
+    with_adapt: bool = True,
+) -> PolicyBundle:
+    """The policy graph and its inner-step graph as a :class:`PolicyBundle`, in memory (nothing is written).
 
     Args:
         policy: the meta-policy (its normalizer buffers are baked into the graphs).
         inner_lr: a float, or per-parameter step sizes shaped like the parameters (learned inner lr).
         iteration: the learner iteration, stored as ``learner_iteration``.
-        write_adapt: False writes only the policy file (metadata ``adapt_file`` = "").
-
-    Returns:
-        the policy id (sha256 of the float32 parameters, see :func:`mbmpo_core.onnx_runtime.policy_id`).
+        file_name: the policy graph's file name; the inner-step graph is :func:`adapt_file_name` of it.
+        with_adapt: False leaves the inner-step graph out (metadata ``adapt_file`` = "").
 
     Raises:
         ValueError: names or bounds that do not match the policy's dims, or non-finite parameters.
@@ -264,8 +259,7 @@ def export_policy(
     low, high = np.asarray(action_low, np.float64).reshape(-1), np.asarray(action_high, np.float64).reshape(-1)
     _check_export_args(policy, params, obs_names, act_names, low, high, control_rate_hz)
     pid = policy_id(params, names)
-    path = Path(path)
-    adapt_name = adapt_file_name(path) if write_adapt else ""
+    adapt_name = adapt_file_name(file_name) if with_adapt else ""
     metadata = encode_metadata({
         "format_version": FORMAT_VERSION, "task": task_name, "obs_names": list(obs_names),
         "obs_dim": policy.obs_dim, "act_names": list(act_names), "act_dim": policy.act_dim,
@@ -275,13 +269,25 @@ def export_policy(
         "learner_iteration": int(iteration), "param_names": names, "adapt_file": adapt_name,
     })
     obs_mean, obs_scale = _to_numpy(policy.obs_mean), _to_numpy(policy.obs_scale)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if write_adapt:
+    files = {file_name: build_policy_model(params, obs_mean, obs_scale, metadata).SerializeToString()}
+    if with_adapt:
         lr = inner_lr if isinstance(inner_lr, int | float) else {k: _to_numpy(v) for k, v in inner_lr.items()}
         adapt = build_adapt_model(params, obs_mean, obs_scale, inner_lr_arrays(lr, params), metadata)
-        _write_atomic(adapt, path.with_name(adapt_name))  # first: the policy file names it
-    _write_atomic(build_policy_model(params, obs_mean, obs_scale, metadata), path)
-    return pid
+        files[adapt_name] = adapt.SerializeToString()
+    return PolicyBundle(files, decode_metadata(metadata), pid)
+
+
+def export_policy(policy: GaussianMLPPolicy, path: str | Path, *, write_adapt: bool = True, **kwargs: Any) -> str:
+    """Write :func:`export_bundle` as ``path`` (policy graph) and, beside it, :func:`adapt_file_name` (inner-step
+    graph); ``write_adapt=False`` writes only the policy file. ``kwargs``: those of :func:`export_bundle`.
+
+    Returns:
+        the policy id (sha256 of the float32 parameters, see :func:`mbmpo_core.bundle.policy_id`).
+    """
+    path = Path(path)
+    bundle = export_bundle(policy, file_name=path.name, with_adapt=write_adapt, **kwargs)
+    bundle.write(path.parent)
+    return bundle.policy_id
 
 
 def _check_export_args(

@@ -23,7 +23,8 @@ are float64 already, so the body is one ``concatenate`` + one buffer copy each w
 episode) are exact up to 2**53 (checked on decode); ``ros2 topic echo`` shows readable numbers. A byte
 payload would save ~4 % (bools as one byte) but add a private binary format to keep in sync.
 
-Policies (``/mbmpo/policy``, ``std_msgs/UInt8MultiArray``), codec version 1::
+Policies (``/mbmpo/policy``, ``std_msgs/UInt8MultiArray``), codec version 1 (a
+:class:`~mbmpo_core.bundle.PolicyBundle` in, the same bundle out)::
 
     layout.dim[0]  label "codec=1"            size 0       stride 0
     layout.dim[1]  label "policy_id=<id>"     size 0       stride 0
@@ -41,12 +42,14 @@ from __future__ import annotations
 import array
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 import numpy as np
+
+from mbmpo_core.bundle import PolicyBundle, PolicyValidationError, is_plain_file_name
 
 TRANSITIONS_CODEC_VERSION = 1
 POLICY_CODEC_VERSION = 1
@@ -59,7 +62,6 @@ _FLAG_ADAPTED = 1
 _MAX_EXACT_INT = 2**53  # float64 holds every integer up to this exactly
 _MAX_ID_LEN = 256
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-_FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.onnx$")  # a plain name: never a path on the robot
 
 
 class CodecError(ValueError):
@@ -381,25 +383,26 @@ class SequenceTracker:
 
 
 # ------------------------------------------------------------------------------------------ policy
-def encode_policy(files: Mapping[str, bytes], policy_id: str) -> Any:
-    """Encode the files of one policy (``{file name: bytes}``, the policy graph first, e.g. ``policy.onnx`` and
-    ``policy.adapt.onnx``) as a ``std_msgs/UInt8MultiArray`` with a checked header (module docstring)."""
+def encode_policy(bundle: PolicyBundle) -> Any:
+    """Encode a :class:`~mbmpo_core.bundle.PolicyBundle` (its files, the policy graph first, e.g. ``policy.onnx``
+    and ``policy.adapt.onnx``, and its id) as a ``std_msgs/UInt8MultiArray`` with a checked header (module
+    docstring). Raises CodecError if the files or the id cannot travel."""
     from std_msgs.msg import MultiArrayDimension, UInt8MultiArray
 
-    payloads = {name: bytes(data) for name, data in files.items()}
-    if not payloads or not all(payloads.values()) or not policy_id:
+    payloads = {name: bytes(data) for name, data in bundle.files.items()}
+    if not payloads or not all(payloads.values()) or not bundle.policy_id:
         raise CodecError("policy files, their bytes and policy_id must be non-empty")
-    _check_id("policy_id", policy_id)
+    _check_id("policy_id", bundle.policy_id)
     for name in payloads:
-        if not _FILE_RE.match(name):
-            raise CodecError(f"policy file name {name!r} is not a plain '<name>.onnx'")
+        if not is_plain_file_name(name):
+            raise CodecError(f"policy file name {name[:80]!r} is not a plain '<name>.onnx'")
     body = b"".join(payloads.values())
     if len(body) >= 2**32:
         raise CodecError("policy larger than 4 GiB")
     msg = UInt8MultiArray()
     msg.layout.dim = [
         MultiArrayDimension(label=f"codec={POLICY_CODEC_VERSION}"),
-        MultiArrayDimension(label=f"policy_id={policy_id}"),
+        MultiArrayDimension(label=f"policy_id={bundle.policy_id}"),
         MultiArrayDimension(label=f"sha256={hashlib.sha256(body).hexdigest()}"),
         *(MultiArrayDimension(label=f"file={name}", size=len(data), stride=len(data))
           for name, data in payloads.items()),
@@ -409,9 +412,11 @@ def encode_policy(files: Mapping[str, bytes], policy_id: str) -> Any:
     return msg
 
 
-def decode_policy(msg: Any) -> tuple[dict[str, bytes], str]:
-    """Return ``({file name: bytes}, policy_id)``, the policy graph first; CodecError if the header, a file
-    name, the lengths or the sha256 do not match."""
+def decode_policy(msg: Any) -> PolicyBundle:
+    """The :class:`~mbmpo_core.bundle.PolicyBundle` a policy message carries, the policy graph first; CodecError
+    if the header, a file name, the lengths or the sha256 do not match, if the policy graph is no ONNX model, or
+    if its metadata states another policy id than the header. Says nothing of whether it may run: see
+    :func:`mbmpo_core.onnx_runtime.validate_bundle`."""
     dims = list(msg.layout.dim)
     labels = _parse_labels(dims, ("codec", "policy_id", "sha256"))
     _check_version(labels, POLICY_CODEC_VERSION)
@@ -429,7 +434,14 @@ def decode_policy(msg: Any) -> tuple[dict[str, bytes], str]:
     for name, size in sizes.items():
         files[name] = payload[offset : offset + size]
         offset += size
-    return files, labels["policy_id"]
+    try:
+        bundle = PolicyBundle.from_files(files)
+    except PolicyValidationError as exc:
+        raise CodecError(str(exc)) from None
+    if bundle.policy_id != labels["policy_id"]:
+        raise CodecError(f"header policy_id {labels['policy_id'][:16]!r} differs from the policy's "
+                         f"{bundle.policy_id[:16]!r}")
+    return bundle
 
 
 def _policy_file_dims(dims: Sequence[Any]) -> dict[str, int]:
@@ -437,8 +449,8 @@ def _policy_file_dims(dims: Sequence[Any]) -> dict[str, int]:
     for dim in dims:
         label = str(dim.label)
         name = label[len("file=") :]
-        if not label.startswith("file=") or not _FILE_RE.match(name) or name in sizes:
-            raise CodecError(f"policy layout dim {label!r} is not a 'file=<name>.onnx' of a new file")
+        if not label.startswith("file=") or not is_plain_file_name(name) or name in sizes:
+            raise CodecError(f"policy layout dim {label[:80]!r} is not a 'file=<name>.onnx' of a new file")
         if int(dim.size) <= 0:
             raise CodecError(f"policy file {name} has size {int(dim.size)}")
         sizes[name] = int(dim.size)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from rclpy.parameter import Parameter
 
+from mbmpo_core.bundle import PolicyBundle
 from mbmpo_ros.controller import Controller
 from mbmpo_ros.sim_robot import SimRobot
 
@@ -44,14 +44,14 @@ def collect(graph: Any, topic: str, msg_type: Any, qos: Any) -> list[Any]:
     return got
 
 
-def export_small_policy(path: Path, task: Any, task_name: str, inner_lr: float) -> str:
-    """A fresh (8,) policy exported with its inner-step graph; returns the policy id."""
-    from mbmpo_core.export import export_policy
+def small_policy_bundle(task: Any, task_name: str, inner_lr: float) -> PolicyBundle:
+    """A fresh (8,) policy exported in memory with its inner-step graph (what a learner publishes)."""
+    from mbmpo_core.export import export_bundle
     from mbmpo_core.policy import GaussianMLPPolicy
 
     policy = GaussianMLPPolicy(task.obs_dim, task.act_dim, hidden_sizes=(8,))
-    return export_policy(
-        policy, path, task_name=task_name, obs_names=task.obs_names, act_names=task.act_names,
+    return export_bundle(
+        policy, task_name=task_name, obs_names=task.obs_names, act_names=task.act_names,
         joint_names=task.joint_names, action_low=task.action_low, action_high=task.action_high,
         control_rate_hz=1.0 / task.dt, horizon=15, inner_lr=inner_lr, gamma=0.99, gae_lambda=1.0, iteration=0,
     )

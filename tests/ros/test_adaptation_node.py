@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,9 +10,8 @@ import pytest
 
 pytest.importorskip("rclpy", reason="needs the ROS 2 wheels (pip install -e '.[ros]')")
 
-from node_helpers import NS, TASK, collect, export_small_policy, start_controller, start_sim
+from node_helpers import NS, TASK, collect, small_policy_bundle, start_controller, start_sim
 
-from mbmpo_core.onnx_runtime import read_policy_bundle
 from mbmpo_ros.codec import decode_command, decode_transitions, encode_policy
 from mbmpo_ros.qos import COMMAND_QOS, POLICY_QOS, TRANSITIONS_QOS
 
@@ -30,14 +28,15 @@ def _call(graph: Any, node: Any, name: str) -> Any:
     return future.result()
 
 
-def test_controller_adapts_online(ros_graph: Any, tmp_path: Path) -> None:
+def test_controller_adapts_online(ros_graph: Any) -> None:
     from std_msgs.msg import Float64MultiArray, UInt8MultiArray
 
     from sim import make_task
 
-    pid = export_small_policy(tmp_path / "policy.onnx", make_task(TASK, horizon=15), TASK, inner_lr=0.5)
+    bundle = small_policy_bundle(make_task(TASK, horizon=15), TASK, inner_lr=0.5)
+    pid = bundle.policy_id
     pub = ros_graph.node("learner_stub").create_publisher(UInt8MultiArray, "/mbmpo/policy", POLICY_QOS)
-    pub.publish(encode_policy(*read_policy_bundle(tmp_path / "policy.onnx")))
+    pub.publish(encode_policy(bundle))
     batches = collect(ros_graph, f"/{NS}/mbmpo/transitions", Float64MultiArray, TRANSITIONS_QOS)
     commands = collect(ros_graph, f"/{NS}/command", Float64MultiArray, COMMAND_QOS)
     start_sim(ros_graph)

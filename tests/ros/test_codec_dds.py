@@ -76,20 +76,28 @@ def test_transitions_cross_process_complete_and_in_order(ros_graph: Any) -> None
 
 
 def test_policy_reaches_late_joiner(ros_graph: Any) -> None:
+    import onnx
     from std_msgs.msg import UInt8MultiArray
 
+    from mbmpo_core.bundle import PolicyBundle
     from mbmpo_ros.codec import decode_policy, encode_policy
     from mbmpo_ros.qos import POLICY_QOS
 
+    def bundle(pid: str, size: int) -> PolicyBundle:
+        """An ONNX file of ``size`` random bytes' worth that states ``pid`` (the codec reads only metadata)."""
+        model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []), doc_string=os.urandom(size).hex())
+        onnx.helper.set_model_props(model, {"policy_id": pid, "adapt_file": ""})
+        return PolicyBundle.from_files({"policy.onnx": model.SerializeToString()})
+
     pub = ros_graph.node("learner").create_publisher(UInt8MultiArray, "/mbmpo/policy", POLICY_QOS)
-    old, new = os.urandom(50_000), os.urandom(60_000)
-    pub.publish(encode_policy({"policy.onnx": old}, "old"))
-    pub.publish(encode_policy({"policy.onnx": new}, "new"))  # depth 1: only this one is kept for late joiners
+    old, new = bundle("old", 25_000), bundle("new", 30_000)
+    pub.publish(encode_policy(old))
+    pub.publish(encode_policy(new))  # depth 1: only this one is kept for late joiners
     received: list[Any] = []
     ros_graph.node("controller").create_subscription(UInt8MultiArray, "/mbmpo/policy", received.append, POLICY_QOS)
     assert ros_graph.spin_until(lambda: len(received) >= 1, 5.0)
     ros_graph.spin_until(lambda: len(received) > 1, 0.3)  # would catch a replay of the old one
-    assert [decode_policy(m) for m in received] == [({"policy.onnx": new}, "new")]
+    assert [decode_policy(m) for m in received] == [new]
 
 
 # rclpy's own handler for "incompatible QoS" events calls a deprecated logger method: expected noise here.

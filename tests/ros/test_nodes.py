@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,9 +10,9 @@ import pytest
 
 pytest.importorskip("rclpy", reason="needs the ROS 2 wheels (pip install -e '.[ros]')")
 
-from node_helpers import NS, TASK, collect, export_small_policy, start_controller, start_sim
+from node_helpers import NS, TASK, collect, small_policy_bundle, start_controller, start_sim
 
-from mbmpo_core.onnx_runtime import read_policy_bundle
+from mbmpo_core.bundle import PolicyBundle
 from mbmpo_ros.codec import arrays_to_joint_state, decode_command, decode_transitions, encode_policy
 from mbmpo_ros.qos import COMMAND_QOS, DIAGNOSTICS_QOS, POLICY_QOS, STATE_PUB_QOS, TRANSITIONS_QOS
 
@@ -46,16 +45,17 @@ def test_lockstep_transitions_match_env(ros_graph: Any) -> None:
     assert np.all(np.abs(act) <= 3.0)
 
 
-def test_policy_late_joiner_then_rejections(ros_graph: Any, tmp_path: Path) -> None:
+def test_policy_late_joiner_then_rejections(ros_graph: Any) -> None:
     from diagnostic_msgs.msg import DiagnosticArray
     from std_msgs.msg import Float64MultiArray, UInt8MultiArray
 
     from sim import make_task
 
     task = make_task(TASK, horizon=15)
-    pid = export_small_policy(tmp_path / "good.onnx", task, TASK, inner_lr=0.1)
+    good = small_policy_bundle(task, TASK, inner_lr=0.1)
+    pid = good.policy_id
     pub = ros_graph.node("learner_stub").create_publisher(UInt8MultiArray, "/mbmpo/policy", POLICY_QOS)
-    pub.publish(encode_policy(*read_policy_bundle(tmp_path / "good.onnx")))  # before the controller exists
+    pub.publish(encode_policy(good))  # before the controller exists
     batches = collect(ros_graph, f"/{NS}/mbmpo/transitions", Float64MultiArray, TRANSITIONS_QOS)
     diags = collect(ros_graph, "/diagnostics", DiagnosticArray, DIAGNOSTICS_QOS)
     start_sim(ros_graph)
@@ -67,11 +67,10 @@ def test_policy_late_joiner_then_rejections(ros_graph: Any, tmp_path: Path) -> N
         )
 
     assert ros_graph.spin_until(saw_policy, timeout=8.0)
-    export_small_policy(tmp_path / "wrong.onnx", task, "Hopper-v5", inner_lr=0.1)
     # Depth 1 keeps only the latest policy: let each one arrive before sending the next.
-    pub.publish(encode_policy({"policy.onnx": os.urandom(500)}, "junk"))
+    pub.publish(encode_policy(PolicyBundle({"policy.onnx": os.urandom(500)}, {}, "junk")))
     assert ros_graph.spin_until(lambda: ctrl.rejected_policies >= 1, timeout=5.0)
-    pub.publish(encode_policy(*read_policy_bundle(tmp_path / "wrong.onnx")))
+    pub.publish(encode_policy(small_policy_bundle(task, "Hopper-v5", inner_lr=0.1)))
     assert ros_graph.spin_until(lambda: ctrl.rejected_policies >= 2, timeout=5.0)
     n_before = len(batches)
     assert ros_graph.spin_until(lambda: len(batches) >= n_before + 2, timeout=5.0)  # still running

@@ -2,33 +2,31 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from mbmpo_core.onnx_runtime import OnnxPolicy, compute_advantages
+from mbmpo_core.advantages import compute_advantages
+from mbmpo_core.onnx_runtime import OnnxPolicy
 from mbmpo_ros.adaptation import AdaptJob, OnlineAdapter, Phase
 
 OBS_DIM, ACT_DIM = 3, 2
 
 
 @pytest.fixture(scope="module")
-def policy(tmp_path_factory: pytest.TempPathFactory) -> OnnxPolicy:
+def policy() -> OnnxPolicy:
     import torch
 
-    from mbmpo_core.export import export_policy
+    from mbmpo_core.export import export_bundle
     from mbmpo_core.policy import GaussianMLPPolicy
 
     torch.manual_seed(0)
-    path = Path(tmp_path_factory.mktemp("adapt")) / "policy.onnx"
-    export_policy(
-        GaussianMLPPolicy(OBS_DIM, ACT_DIM, hidden_sizes=(8,)), path, task_name="toy",
+    bundle = export_bundle(
+        GaussianMLPPolicy(OBS_DIM, ACT_DIM, hidden_sizes=(8,)), task_name="toy",
         obs_names=[f"o{i}" for i in range(OBS_DIM)], act_names=["a0", "a1"], joint_names=["a0", "a1"],
         action_low=[-1.0, -1.0], action_high=[1.0, 1.0], control_rate_hz=20.0, horizon=10, inner_lr=0.05,
         gamma=0.97, gae_lambda=0.9, iteration=0,
     )
-    loaded = OnnxPolicy(path)
+    loaded = OnnxPolicy.from_bundle(bundle)
     assert loaded.can_adapt
     return loaded
 
@@ -84,8 +82,6 @@ def test_adapted_params_equal_onnx_adapt(policy: OnnxPolicy) -> None:
 def test_advantages_match_torch_training(policy: OnnxPolicy) -> None:
     import torch
 
-    from mbmpo_core.advantages import compute_advantages as torch_advantages
-
     adapter = OnlineAdapter(episodes=3, steps_max=1)
     adapter.reset(policy)
     job = _batch(adapter, policy, np.random.default_rng(2), lengths=(4, 10, 6))
@@ -98,7 +94,7 @@ def test_advantages_match_torch_training(policy: OnnxPolicy) -> None:
     def t(x: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(x[None], dtype=torch.float32)  # one task, as trainer.episodes_as_task
 
-    ref, _ = torch_advantages(t(r), t(o), t(m), 0.97, 0.9)
+    ref, _ = compute_advantages(t(r), t(o), t(m), 0.97, 0.9)
     np.testing.assert_allclose(adv, ref[0].numpy().reshape(-1), atol=1e-4)
     assert mask.sum() == 20 and obs.shape == (30, OBS_DIM) and act.shape == (30, ACT_DIM)
 

@@ -11,10 +11,12 @@ import copy
 import hashlib
 
 import numpy as np
+import onnx
 import pytest
 
 pytest.importorskip("std_msgs.msg", reason="ROS 2 message wheels (std_msgs) not installed")
 
+from mbmpo_core.bundle import PolicyBundle
 from mbmpo_ros.codec import (
     TRANSITION_COLUMNS,
     CodecError,
@@ -223,12 +225,29 @@ def test_sequence_tracker_bounds_pending() -> None:
 
 
 # ------------------------------------------------------------------------------------------ policy
+def _onnx_file(pid: str, adapt_file: str, size: int) -> bytes:
+    """A serialized ONNX model carrying only the metadata the codec reads (the codec never runs a graph)."""
+    model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []), doc_string="x" * size)
+    onnx.helper.set_model_props(model, {"policy_id": pid, "adapt_file": adapt_file})
+    return model.SerializeToString()
+
+
+def _policy_bundle(pid: str = "abc123", size: int = 50_000) -> PolicyBundle:
+    return PolicyBundle.from_files({"policy.onnx": _onnx_file(pid, "policy.adapt.onnx", size),
+                                    "policy.adapt.onnx": _onnx_file(pid, "", size + 1)})
+
+
 def test_policy_round_trip_and_corruption() -> None:
-    payload = bytes(range(256)) * 200
-    files = {"policy.onnx": payload, "policy.adapt.onnx": payload[::-1] + b"x"}
-    msg = encode_policy(files, "abc123")
-    decoded, policy_id = decode_policy(msg)
-    assert policy_id == "abc123" and decoded == files and list(decoded) == list(files)
+    bundle = _policy_bundle()
+    msg = encode_policy(bundle)
+    decoded = decode_policy(msg)
+    assert decoded == bundle and list(decoded.files) == ["policy.onnx", "policy.adapt.onnx"]
+    assert decoded.policy_id == "abc123"
+    assert decoded.metadata == {"policy_id": "abc123", "adapt_file": "policy.adapt.onnx"}
+    assert [str(d.label) for d in msg.layout.dim] == [
+        "codec=1", "policy_id=abc123", f"sha256={hashlib.sha256(bytes(msg.data)).hexdigest()}",
+        "file=policy.onnx", "file=policy.adapt.onnx"]
+    assert [int(d.size) for d in msg.layout.dim[3:]] == [len(f) for f in bundle.files.values()]
     truncated = copy.deepcopy(msg)
     truncated.data = truncated.data[:-1]
     with pytest.raises(CodecError, match="truncated"):
@@ -246,9 +265,7 @@ def test_policy_round_trip_and_corruption() -> None:
     with pytest.raises(CodecError, match="header labels"):
         decode_policy(nolabels)
     with pytest.raises(CodecError):
-        encode_policy({"policy.onnx": b""}, "x")
-    with pytest.raises(CodecError, match="plain"):
-        encode_policy({"../etc/passwd.onnx": b"x"}, "x")
+        encode_policy(PolicyBundle({"policy.onnx": b"x"}, {}, ""))
     evil = copy.deepcopy(msg)
     evil.layout.dim[3].label = "file=../../x.onnx"
     with pytest.raises(CodecError, match="file="):
@@ -257,6 +274,17 @@ def test_policy_round_trip_and_corruption() -> None:
     twice.layout.dim[4].label = twice.layout.dim[3].label
     with pytest.raises(CodecError, match="new file"):
         decode_policy(twice)
+
+
+def test_policy_payload_must_be_the_policy_the_header_names() -> None:
+    relabelled = encode_policy(_policy_bundle())
+    relabelled.layout.dim[1].label = "policy_id=other"  # sha256 covers only the data: the label can lie
+    with pytest.raises(CodecError, match="differs from the policy's"):
+        decode_policy(relabelled)
+    junk = encode_policy(PolicyBundle({"policy.onnx": b"\xff" * 64}, {}, "junk"))  # no ONNX model
+    with pytest.raises(CodecError, match=r"policy\.onnx: not a valid ONNX model") as info:
+        decode_policy(junk)
+    assert "\n" not in str(info.value)
 
 
 # ------------------------------------------------------------------------------------------ joints, commands

@@ -1,4 +1,4 @@
-"""ONNX export: policy and inner-step graphs against torch, numpy advantages, metadata, validation.
+"""ONNX export: policy and inner-step graphs against torch, metadata, the policy bundle, validation.
 
 Tolerances: the graphs run in float32 on both sides, so values are compared element-wise with
 ``|onnx - torch| <= 1e-5 * |torch| + 1e-5 * max(1, max|torch|)`` - 1e-5 relative, with an absolute floor
@@ -7,9 +7,12 @@ at 1e-5 of the tensor's own scale (gradients near zero differ by float32 roundin
 
 from __future__ import annotations
 
+import builtins
 import json
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -20,10 +23,16 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from mbmpo_core import advantages as torch_adv
+from mbmpo_core import bundle as pb
 from mbmpo_core import onnx_runtime as rt
 from mbmpo_core.config import Config, PolicyConfig, save_config
-from mbmpo_core.export import adapt_file_name, export_from_checkpoint, export_policy, torch_policy_id
+from mbmpo_core.export import (
+    adapt_file_name,
+    export_bundle,
+    export_from_checkpoint,
+    export_policy,
+    torch_policy_id,
+)
 from mbmpo_core.meta import RolloutBatch, inner_step, pg_surrogate, task_batched
 from mbmpo_core.policy import GaussianMLPPolicy
 
@@ -52,14 +61,22 @@ def _policy(trained: bool, seed: int = 0) -> GaussianMLPPolicy:
     return policy
 
 
-def _export(policy: GaussianMLPPolicy, path: Path, inner_lr: Any = 1e-3, task: Any = None) -> str:
+def _spec(inner_lr: Any = 1e-3, task: Any = None) -> dict[str, Any]:
+    """Everything the exporter needs besides the policy."""
     task = _task() if task is None else task
-    return export_policy(
-        policy, path, task_name=task.name, obs_names=task.obs_names, act_names=task.act_names,
-        joint_names=task.joint_names, action_low=task.action_low, action_high=task.action_high,
-        control_rate_hz=1.0 / task.dt, horizon=task.horizon, inner_lr=inner_lr, gamma=0.99, gae_lambda=0.95,
-        iteration=7,
+    return dict(
+        task_name=task.name, obs_names=task.obs_names, act_names=task.act_names, joint_names=task.joint_names,
+        action_low=task.action_low, action_high=task.action_high, control_rate_hz=1.0 / task.dt,
+        horizon=task.horizon, inner_lr=inner_lr, gamma=0.99, gae_lambda=0.95, iteration=7,
     )
+
+
+def _export(policy: GaussianMLPPolicy, path: Path, inner_lr: Any = 1e-3, task: Any = None) -> str:
+    return export_policy(policy, path, **_spec(inner_lr, task))
+
+
+def _bundle(policy: GaussianMLPPolicy, inner_lr: Any = 1e-3, task: Any = None, **kwargs: Any) -> pb.PolicyBundle:
+    return export_bundle(policy, **_spec(inner_lr, task), **kwargs)
 
 
 def _obs(policy: GaussianMLPPolicy, n: int, seed: int = 1) -> np.ndarray:
@@ -86,10 +103,9 @@ def _perturbed(policy: GaussianMLPPolicy, scale: float = 0.3) -> dict[str, torch
 
 # ---------------------------------------------------------------------------------------------- forward
 @pytest.mark.parametrize("trained", [False, True])
-def test_actions_and_log_std_match_torch(tmp_path: Path, trained: bool) -> None:
+def test_actions_and_log_std_match_torch(trained: bool) -> None:
     policy = _policy(trained)
-    _export(policy, tmp_path / "policy.onnx")
-    onnx_policy = rt.OnnxPolicy(tmp_path / "policy.onnx")
+    onnx_policy = rt.OnnxPolicy.from_bundle(_bundle(policy))
     obs = _obs(policy, 64)
     mean, log_std = onnx_policy.distribution(obs)
     with torch.no_grad():
@@ -100,10 +116,9 @@ def test_actions_and_log_std_match_torch(tmp_path: Path, trained: bool) -> None:
     _assert_close(onnx_policy.act(obs[0]), expected[0], "single obs")
 
 
-def test_fed_params_override_defaults(tmp_path: Path) -> None:
+def test_fed_params_override_defaults() -> None:
     policy = _policy(trained=True)
-    _export(policy, tmp_path / "policy.onnx")
-    onnx_policy = rt.OnnxPolicy(tmp_path / "policy.onnx")
+    onnx_policy = rt.OnnxPolicy.from_bundle(_bundle(policy))
     params = _perturbed(policy)
     obs = _obs(policy, 16)
     mean, log_std = onnx_policy.distribution(obs, {k: v.numpy() for k, v in params.items()})
@@ -116,10 +131,9 @@ def test_fed_params_override_defaults(tmp_path: Path) -> None:
     _assert_close(onnx_policy.act(obs), policy(torch.from_numpy(obs)).detach().numpy(), "defaults")
 
 
-def test_stochastic_act_uses_rng(tmp_path: Path) -> None:
+def test_stochastic_act_uses_rng() -> None:
     policy = _policy(trained=True)
-    _export(policy, tmp_path / "policy.onnx")
-    onnx_policy = rt.OnnxPolicy(tmp_path / "policy.onnx")
+    onnx_policy = rt.OnnxPolicy.from_bundle(_bundle(policy))
     obs = _obs(policy, 4000)
     a1 = onnx_policy.act(obs, deterministic=False, rng=np.random.default_rng(3))
     a2 = onnx_policy.act(obs, deterministic=False, rng=np.random.default_rng(3))
@@ -163,14 +177,13 @@ def _inner_data(policy: GaussianMLPPolicy, n: int = 60) -> tuple[np.ndarray, ...
 
 @pytest.mark.parametrize("trained", [False, True])
 @pytest.mark.parametrize("per_param_lr", [False, True])
-def test_gradient_and_adapted_params_match_torch(tmp_path: Path, trained: bool, per_param_lr: bool) -> None:
+def test_gradient_and_adapted_params_match_torch(trained: bool, per_param_lr: bool) -> None:
     policy = _policy(trained)
     alpha: Any = 0.05
     if per_param_lr:
         gen = torch.Generator().manual_seed(9)
         alpha = {k: 0.01 + 0.1 * torch.rand(v.shape, generator=gen) for k, v in policy.params().items()}
-    _export(policy, tmp_path / "policy.onnx", inner_lr=alpha)
-    onnx_policy = rt.OnnxPolicy(tmp_path / "policy.onnx")
+    onnx_policy = rt.OnnxPolicy.from_bundle(_bundle(policy, inner_lr=alpha))
     obs, act, adv, mask = _inner_data(policy)
     batch = _one_task_batch(policy, obs, act, adv, mask)
     expected = _torch_grads(policy, dict(policy.params()), batch, "ratio")
@@ -184,11 +197,10 @@ def test_gradient_and_adapted_params_match_torch(tmp_path: Path, trained: bool, 
         _assert_close(adapted[name], adapted_torch[name][0].detach().numpy(), f"adapted {name}")
 
 
-def test_gradient_at_fed_params_is_log_prob_gradient(tmp_path: Path) -> None:
+def test_gradient_at_fed_params_is_log_prob_gradient() -> None:
     """At params other than the defaults the graph differentiates ``mean(mask * A * log pi)`` there."""
     policy = _policy(trained=True)
-    _export(policy, tmp_path / "policy.onnx")
-    onnx_policy = rt.OnnxPolicy(tmp_path / "policy.onnx")
+    onnx_policy = rt.OnnxPolicy.from_bundle(_bundle(policy))
     obs, act, adv, mask = _inner_data(policy)
     params = _perturbed(policy, 0.1)
     expected = _torch_grads(policy, params, _one_task_batch(policy, obs, act, adv, mask), "log_prob")
@@ -197,48 +209,13 @@ def test_gradient_at_fed_params_is_log_prob_gradient(tmp_path: Path) -> None:
         _assert_close(grads[name], expected[name], f"grad {name}")
 
 
-def test_all_masked_batch_gives_zero_step(tmp_path: Path) -> None:
+def test_all_masked_batch_gives_zero_step() -> None:
     policy = _policy(trained=False)
-    _export(policy, tmp_path / "policy.onnx")
-    onnx_policy = rt.OnnxPolicy(tmp_path / "policy.onnx")
+    onnx_policy = rt.OnnxPolicy.from_bundle(_bundle(policy))
     obs, act, adv, _ = _inner_data(policy, 5)
     adapted = onnx_policy.adapt(None, obs, act, adv, np.zeros(5, np.float32))
     for name, value in onnx_policy.params.items():
         np.testing.assert_array_equal(adapted[name], value)
-
-
-# ---------------------------------------------------------------------------------------------- advantages
-def _episodes(lead: tuple[int, ...], n: int, horizon: int, seed: int) -> tuple[np.ndarray, ...]:
-    rng = np.random.default_rng(seed)
-    obs = (3.0 * rng.standard_normal((*lead, n, horizon, 5))).astype(np.float32)
-    rewards = rng.standard_normal((*lead, n, horizon)).astype(np.float32)
-    lengths = rng.integers(1, horizon + 1, (*lead, n))
-    mask = (np.arange(horizon) < lengths[..., None]).astype(np.float32)
-    return obs, rewards * mask, mask
-
-
-@pytest.mark.parametrize(("lead", "horizon"), [((), 40), ((3,), 25), ((2,), 4)])
-def test_numpy_advantages_match_torch(lead: tuple[int, ...], horizon: int) -> None:
-    obs, rewards, mask = _episodes(lead, 6, horizon, seed=len(lead) + horizon)
-    np_base, torch_base = rt.LinearFeatureBaseline(), torch_adv.LinearFeatureBaseline()
-    adv, ret = rt.compute_advantages(rewards, obs, mask, 0.99, 0.95, baseline=np_base)
-    t_adv, t_ret = torch_adv.compute_advantages(
-        torch.from_numpy(rewards), torch.from_numpy(obs), torch.from_numpy(mask), 0.99, 0.95, baseline=torch_base)
-    np.testing.assert_allclose(ret, t_ret.numpy(), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(adv, t_adv.numpy(), rtol=1e-5, atol=1e-5)
-    assert np_base.last_reg is not None and torch_base.last_reg is not None
-    np.testing.assert_array_equal(np_base.last_reg, torch_base.last_reg.numpy())
-    assert np.all(adv[mask == 0] == 0)
-
-
-def test_numpy_gae_and_normalization_match_torch() -> None:
-    _, rewards, mask = _episodes((2,), 4, 30, seed=11)
-    values = np.random.default_rng(12).standard_normal(rewards.shape).astype(np.float32) * mask
-    t = torch.from_numpy
-    np.testing.assert_allclose(rt.gae(rewards, values, mask, 0.9, 0.8),
-                               torch_adv.gae(t(rewards), t(values), t(mask), 0.9, 0.8).numpy(), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(rt.normalize_advantages(rewards, mask),
-                               torch_adv.normalize_advantages(t(rewards), t(mask)).numpy(), rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------- identity, metadata
@@ -247,12 +224,12 @@ def test_policy_id_stable_and_sensitive(tmp_path: Path) -> None:
     pid = _export(policy, tmp_path / "a.onnx")
     assert pid == _export(policy, tmp_path / "b.onnx") == torch_policy_id(policy)
     loaded = rt.OnnxPolicy(tmp_path / "a.onnx")
-    assert rt.policy_id(loaded.params, loaded.param_names) == pid == loaded.policy_id
+    assert pb.policy_id(loaded.params, loaded.param_names) == pid == loaded.policy_id
     with torch.no_grad():
         policy.params()["l1.bias"][3] += 1e-6
     assert torch_policy_id(policy) != pid
     changed = dict(loaded.params, log_std=loaded.params["log_std"] + np.float32(1e-3))
-    assert rt.policy_id(changed, loaded.param_names) != pid
+    assert pb.policy_id(changed, loaded.param_names) != pid
 
 
 @pytest.mark.parametrize("per_param_lr", [False, True])
@@ -263,7 +240,7 @@ def test_metadata_complete(tmp_path: Path, per_param_lr: bool) -> None:
     task = _task()
     for path in (tmp_path / "policy.onnx", tmp_path / adapt_file_name("policy.onnx")):
         raw = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
-        assert set(rt.REQUIRED_METADATA) <= set(raw)
+        assert set(pb.REQUIRED_METADATA) <= set(raw)
     meta = rt.validate_policy_file(tmp_path / "policy.onnx", "Toy-v0", task.obs_names, task.joint_names)
     assert meta["format_version"] == "1" and meta["task"] == "Toy-v0" and meta["policy_id"] == pid
     assert (meta["obs_dim"], meta["act_dim"]) == (OBS_DIM, ACT_DIM)
@@ -278,11 +255,11 @@ def test_metadata_complete(tmp_path: Path, per_param_lr: bool) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- validation
-def _rewrite(src: Path, dst: Path, edit: Any) -> Path:
-    model = onnx.load(str(src))
+def _edited(bundle: pb.PolicyBundle, edit: Any) -> dict[str, bytes]:
+    """The bundle's files with its policy graph edited by ``edit(model)``."""
+    model = onnx.load_from_string(bundle.policy_bytes)
     edit(model)
-    dst.write_bytes(model.SerializeToString())
-    return dst
+    return {**bundle.files, bundle.name: model.SerializeToString()}
 
 
 def _set_meta(model: onnx.ModelProto, key: str, value: str) -> None:
@@ -300,64 +277,119 @@ def _nan_param(model: onnx.ModelProto) -> None:
     for init in model.graph.initializer:
         if init.name == "l0.bias":
             init.CopyFrom(numpy_helper.from_array(params["l0.bias"], "l0.bias"))
-    _set_meta(model, "policy_id", rt.policy_id(params, names))
+    _set_meta(model, "policy_id", pb.policy_id(params, names))
     _set_meta(model, "adapt_file", "")
 
 
-def test_validate_rejects_bad_files(tmp_path: Path) -> None:
-    good = tmp_path / "policy.onnx"
-    _export(_policy(trained=True), good)
+def _assert_rejected(files: dict[str, bytes], folder: Path, match: str, **expected: Any) -> None:
+    """Rejected with a one-line reason matching ``match``, from memory and from files written to ``folder``."""
+    with pytest.raises(rt.PolicyValidationError, match=match) as info:
+        rt.validate_bundle(pb.PolicyBundle.from_files(files), **expected)
+    assert "\n" not in str(info.value)
+    folder.mkdir()
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    with pytest.raises(rt.PolicyValidationError, match=match) as info:
+        rt.validate_policy_file(folder / next(iter(files)), **expected)
+    assert "\n" not in str(info.value)
+
+
+def test_validate_rejects_bad_policies(tmp_path: Path) -> None:
+    good = _bundle(_policy(trained=True))
     task = _task()
-    data = good.read_bytes()
-    bad_files = {
-        "truncated": data[: len(data) // 2],
-        "random": np.random.default_rng(0).bytes(len(data)),
-        "empty": b"",
+    data = good.policy_bytes
+    for name, blob in {"truncated": data[: len(data) // 2], "random": np.random.default_rng(0).bytes(len(data)),
+                       "empty": b""}.items():
+        _assert_rejected({"policy.onnx": blob}, tmp_path / name, "policy.onnx: ")
+    with pytest.raises(rt.PolicyValidationError, match="no such file"):
+        rt.validate_policy_file(tmp_path / "missing.onnx")
+    cases: dict[str, tuple[dict[str, bytes], dict[str, Any]]] = {
+        "task": (dict(good.files), {"expected_task": "Other-v0"}),
+        "joint_names": (dict(good.files), {"expected_joint_names": ["x", "y", "z"]}),
+        "obs_names": (dict(good.files), {"expected_obs_names": task.obs_names[::-1]}),
+        "not finite": (_edited(good, _nan_param), {}),
+        "policy_id": (_edited(good, lambda m: _set_meta(m, "policy_id", "0" * 64)), {}),
+        "format_version": (_edited(good, lambda m: _set_meta(m, "format_version", "9")), {}),
+        "obs_dim": (_edited(good, lambda m: _set_meta(m, "obs_dim", "8")), {}),
+        "malformed": (_edited(good, lambda m: _set_meta(m, "obs_names", "7")), {}),
+        "missing": (_edited(good, lambda m: m.metadata_props.pop()), {}),
+        "not JSON": (_edited(good, lambda m: _set_meta(m, "action_low", "[1,")), {}),
+        "adapt_file": (_edited(good, lambda m: _set_meta(m, "adapt_file", "../policy.adapt.onnx")), {}),
     }
-    for name, blob in bad_files.items():
-        (tmp_path / f"{name}.onnx").write_bytes(blob)
-        with pytest.raises(rt.PolicyValidationError):
-            rt.validate_policy_file(tmp_path / f"{name}.onnx")
-    cases: dict[str, tuple[Path, dict[str, Any]]] = {
-        "no such file": (tmp_path / "missing.onnx", {}),
-        "task": (good, {"expected_task": "Other-v0"}),
-        "joint_names": (good, {"expected_joint_names": ["x", "y", "z"]}),
-        "obs_names": (good, {"expected_obs_names": task.obs_names[::-1]}),
-        "not finite": (_rewrite(good, tmp_path / "nan.onnx", _nan_param), {}),
-        "policy_id": (_rewrite(good, tmp_path / "id.onnx", lambda m: _set_meta(m, "policy_id", "0" * 64)), {}),
-        "format_version": (_rewrite(good, tmp_path / "v.onnx", lambda m: _set_meta(m, "format_version", "9")), {}),
-        "obs_dim": (_rewrite(good, tmp_path / "d.onnx", lambda m: _set_meta(m, "obs_dim", "8")), {}),
-        "malformed": (_rewrite(good, tmp_path / "m.onnx", lambda m: _set_meta(m, "obs_names", "7")), {}),
-        "missing": (_rewrite(good, tmp_path / "k.onnx", lambda m: m.metadata_props.pop()), {}),
-        "not JSON": (_rewrite(good, tmp_path / "j.onnx", lambda m: _set_meta(m, "action_low", "[1,")), {}),
-    }
-    for reason, (path, kwargs) in cases.items():
-        with pytest.raises(rt.PolicyValidationError, match=reason) as info:
-            rt.validate_policy_file(path, **kwargs)
-        assert "\n" not in str(info.value)
-    rt.validate_policy_file(good, "Toy-v0", task.obs_names, task.joint_names)
+    for k, (reason, (files, expected)) in enumerate(cases.items()):
+        _assert_rejected(files, tmp_path / f"case{k}", reason, **expected)
+    policy = rt.validate_bundle(good, "Toy-v0", task.obs_names, task.joint_names)
+    assert isinstance(policy, rt.OnnxPolicy) and policy.bundle is good and policy.can_adapt
+    assert rt.validate_policy_file(good.write(tmp_path / "good"), "Toy-v0")["policy_id"] == good.policy_id
 
 
-def test_validate_checks_adapt_file(tmp_path: Path) -> None:
-    _export(_policy(trained=True), tmp_path / "policy.onnx")
-    _export(_policy(trained=True, seed=1), tmp_path / "other.onnx")
-    adapt = tmp_path / "policy.adapt.onnx"
-    adapt.write_bytes((tmp_path / "other.adapt.onnx").read_bytes())
-    with pytest.raises(rt.PolicyValidationError, match="another policy"):
-        rt.validate_policy_file(tmp_path / "policy.onnx")
-    adapt.unlink()
-    with pytest.raises(rt.PolicyValidationError, match="not found"):
-        rt.validate_policy_file(tmp_path / "policy.onnx")
-    assert not rt.OnnxPolicy(tmp_path / "policy.onnx").can_adapt
+def test_validate_rejects_a_bundle_that_misstates_its_graph() -> None:
+    good = _bundle(_policy(trained=True))
+    for lie in (pb.PolicyBundle(good.files, {**good.metadata, "task": "Other-v0"}, good.policy_id),
+                pb.PolicyBundle(good.files, good.metadata, "0" * 64)):
+        with pytest.raises(rt.PolicyValidationError, match="differs from its policy graph"):
+            rt.validate_bundle(lie)
 
 
-def test_policy_bundle_ships_both_graphs(tmp_path: Path) -> None:
+def test_validate_checks_adapt_graph(tmp_path: Path) -> None:
+    good, other = _bundle(_policy(trained=True)), _bundle(_policy(trained=True, seed=1))
+    foreign = {good.name: good.policy_bytes, good.adapt_file: other.files[other.adapt_file]}
+    _assert_rejected(foreign, tmp_path / "foreign", "another policy")
+    _assert_rejected({good.name: good.policy_bytes}, tmp_path / "alone", "not found")
+    assert not rt.OnnxPolicy.from_bundle(pb.PolicyBundle.from_files({good.name: good.policy_bytes})).can_adapt
+    assert not rt.OnnxPolicy(tmp_path / "alone" / "policy.onnx").can_adapt
+
+
+def test_read_policy_bundle_ships_both_graphs(tmp_path: Path) -> None:
     pid = _export(_policy(trained=True), tmp_path / "policy.onnx")
-    files, bundle_id = rt.read_policy_bundle(tmp_path / "policy.onnx", expected_task="Toy-v0")
-    assert bundle_id == pid and list(files) == ["policy.onnx", "policy.adapt.onnx"]
-    assert files["policy.adapt.onnx"] == (tmp_path / "policy.adapt.onnx").read_bytes()
+    bundle = rt.read_policy_bundle(tmp_path / "policy.onnx", expected_task="Toy-v0")
+    assert bundle.policy_id == pid and list(bundle.files) == ["policy.onnx", "policy.adapt.onnx"]
+    assert bundle.files["policy.adapt.onnx"] == (tmp_path / "policy.adapt.onnx").read_bytes()
     with pytest.raises(rt.PolicyValidationError, match="task"):
         rt.read_policy_bundle(tmp_path / "policy.onnx", expected_task="Other-v0")
+
+
+# ---------------------------------------------------------------------------------------------- bundle
+def test_bundle_in_memory_equals_the_files_written(tmp_path: Path) -> None:
+    policy = _policy(trained=True)
+    bundle = _bundle(policy, file_name="cheetah.onnx")
+    assert list(bundle.files) == ["cheetah.onnx", "cheetah.adapt.onnx"] and bundle.adapt_file == "cheetah.adapt.onnx"
+    assert bundle.policy_id == torch_policy_id(policy) == bundle.metadata["policy_id"]
+    assert bundle.metadata["learner_iteration"] == 7 and bundle.metadata["obs_names"] == _task().obs_names
+    assert bundle.write(tmp_path / "w") == tmp_path / "w" / "cheetah.onnx"
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["cheetah.adapt.onnx", "cheetah.onnx"]  # no .tmp
+    assert pb.PolicyBundle.from_dir(tmp_path / "w", "cheetah.onnx") == bundle
+    assert pb.PolicyBundle.from_files(bundle.files) == bundle
+    _export(policy, tmp_path / "e" / "cheetah.onnx")
+    assert pb.PolicyBundle.from_file(tmp_path / "e" / "cheetah.onnx") == bundle
+    alone = _bundle(policy, with_adapt=False)
+    assert list(alone.files) == ["policy.onnx"] and alone.adapt_file == "" and alone.adapt_bytes is None
+
+
+def test_bundle_refuses_file_names_that_are_paths() -> None:
+    for name in ("../policy.onnx", "/tmp/policy.onnx", ".policy.onnx", "policy.txt"):
+        with pytest.raises(pb.PolicyValidationError, match="plain"):
+            pb.PolicyBundle({name: b"x"}, {}, "id")
+    with pytest.raises(pb.PolicyValidationError, match="at least"):
+        pb.PolicyBundle.from_files({})
+
+
+def test_export_does_not_import_onnxruntime(tmp_path: Path) -> None:
+    """Training writes policies without onnxruntime (the exporter imports the bundle, never the runtime)."""
+    code = (
+        "import sys\n"
+        "from mbmpo_core.export import export_policy\n"
+        "from mbmpo_core.policy import GaussianMLPPolicy\n"
+        "pid = export_policy(GaussianMLPPolicy(3, 2, (8,)), sys.argv[1], task_name='t', obs_names=['a', 'b', 'c'],\n"
+        "    act_names=['x', 'y'], joint_names=['x', 'y'], action_low=[-1, -1], action_high=[1, 1],\n"
+        "    control_rate_hz=20.0, horizon=10, inner_lr=0.1, gamma=0.99, gae_lambda=1.0, iteration=0)\n"
+        "assert 'onnxruntime' not in sys.modules, 'onnxruntime imported'\n"
+        "print(pid)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "policy.onnx")], capture_output=True,
+                            text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode == 0, result.stderr
+    assert rt.validate_policy_file(tmp_path / "policy.onnx")["policy_id"] == result.stdout.strip()
 
 
 def test_export_refuses_bad_input(tmp_path: Path) -> None:
@@ -389,3 +421,62 @@ def test_export_from_checkpoint(tmp_path: Path) -> None:
     # A checkpoint file and a task object work too.
     assert export_from_checkpoint(tmp_path / "checkpoints" / "checkpoint.pt", tmp_path / "p2.onnx", _task()) == pid
 
+
+
+# ---------------------------------------------------------------------------------------------- exporter -> controller
+def _no_disk(monkeypatch: pytest.MonkeyPatch, watched: Path) -> None:
+    """Every Python-level way to write a file raises; temporary files would land in ``watched``."""
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(f"touched the disk: {args[:2]}")
+
+    real_open = builtins.open
+
+    def read_only_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if any(c in mode for c in "wax+"):
+            refuse(file, mode)
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "tempdir", str(watched))
+    for name in ("mkstemp", "mkdtemp", "TemporaryDirectory", "NamedTemporaryFile", "TemporaryFile"):
+        monkeypatch.setattr(tempfile, name, refuse)
+    for name in ("write_bytes", "write_text", "mkdir", "touch"):
+        monkeypatch.setattr(Path, name, refuse)
+    monkeypatch.setattr(os, "replace", refuse)
+    monkeypatch.setattr(builtins, "open", read_only_open)
+
+
+def test_policy_travels_from_exporter_to_controller_without_disk(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """export_bundle -> encode_policy -> decode_policy -> the controller's validation and load, all in memory."""
+    pytest.importorskip("std_msgs.msg", reason="ROS 2 message wheels (std_msgs) not installed")
+    pytest.importorskip("rclpy", reason="rclpy not installed")
+    from mbmpo_ros.codec import decode_policy, encode_policy
+    from mbmpo_ros.controller import Controller
+
+    policy, task = _policy(trained=True), _task()
+    watched = tmp_path / "tmp"
+    watched.mkdir()
+    _no_disk(monkeypatch, watched)
+    warnings: list[str] = []
+    logger = SimpleNamespace(warning=warnings.append, info=lambda _: None)
+    node = SimpleNamespace(task=task, rejected_policies=0, _next_policy=None, get_logger=lambda: logger)
+
+    bundle = _bundle(policy)
+    msg = encode_policy(bundle)
+    assert decode_policy(msg) == bundle
+    Controller._validate_policy(node, msg)  # type: ignore[arg-type]  # the node's worker-thread method
+    assert warnings == [] and node.rejected_policies == 0
+    loaded = node._next_policy
+    assert isinstance(loaded, rt.OnnxPolicy) and loaded.policy_id == bundle.policy_id and loaded.can_adapt
+    obs = _obs(policy, 16)
+    _assert_close(loaded.act(obs), policy(torch.from_numpy(obs)).detach().numpy(), "received policy actions")
+    obs_a, act, adv, mask = _inner_data(policy)
+    adapted = inner_step(policy, policy.params(), _one_task_batch(policy, obs_a, act, adv, mask), 1e-3)
+    for name, value in loaded.adapt(None, obs_a, act, adv, mask).items():
+        _assert_close(value, adapted[name][0].detach().numpy(), f"received adapt graph {name}")
+
+    # A policy of another task is rejected with one line and the loaded one stays.
+    Controller._validate_policy(node, encode_policy(_bundle(policy, task=_task("Other-v0"))))  # type: ignore[arg-type]
+    assert node.rejected_policies == 1 and node._next_policy is loaded
+    assert len(warnings) == 1 and "task 'Other-v0'" in warnings[0] and "\n" not in warnings[0]
+    assert list(watched.iterdir()) == []
