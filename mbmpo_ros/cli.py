@@ -86,29 +86,30 @@ def _export(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.source}: no such run directory or checkpoint")
     try:
         policy_id = export_from_checkpoint(args.source, args.output, _task_for_export)
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ConfigError, FileNotFoundError, ValueError) as exc:  # ValueError: e.g. -o not a plain '<name>.onnx'
         raise UsageError(str(exc).splitlines()[0]) from None
     print(f"wrote {args.output} (policy id {policy_id})")
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from mbmpo_core.onnx_runtime import OnnxPolicy, PolicyValidationError, validate_policy_file
+    from mbmpo_core.bundle import PolicyBundle
+    from mbmpo_core.onnx_runtime import PolicyValidationError, validate_bundle
     from mbmpo_ros.evaluate import evaluate_with_adaptation, parse_perturbations
 
     if args.adapt_steps < 0:
         raise UsageError(f"--adapt-steps must be >= 0, got {args.adapt_steps}")
     try:
         perturbation = parse_perturbations(args.perturb)
-        meta = validate_policy_file(args.policy, expected_task=args.task)
+        policy = validate_bundle(PolicyBundle.from_file(args.policy), expected_task=args.task)  # loaded once
     except (ValueError, PolicyValidationError) as exc:
         raise UsageError(str(exc).splitlines()[0]) from None
+    meta = policy.metadata
     task = _make_task(args.task, horizon=int(meta["horizon"]))
     try:
         env = task.make_env(seed=args.seed, perturbation=perturbation)
     except ValueError as exc:
         raise UsageError(f"--perturb: {str(exc).splitlines()[0]}") from None
-    policy = OnnxPolicy(args.policy)
     if args.adapt_steps and not policy.can_adapt:
         raise UsageError(f"{args.policy}: no inner-step graph beside it; use --adapt-steps 0")
     report = evaluate_with_adaptation(policy, env, task.action_low, task.action_high, args.episodes,

@@ -39,9 +39,7 @@ import collections
 import concurrent.futures
 import enum
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,7 +51,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64MultiArray, UInt8MultiArray
 from std_srvs.srv import Trigger
 
-from mbmpo_core.onnx_runtime import OnnxPolicy, validate_policy_file
+from mbmpo_core.onnx_runtime import OnnxPolicy, validate_bundle
 from mbmpo_core.registry import make_task
 from mbmpo_ros.adaptation import AdaptJob, AdaptResult, OnlineAdapter
 from mbmpo_ros.codec import CodecError, TransitionBatch, decode_policy, encode_command, encode_transitions
@@ -125,8 +123,6 @@ class Controller(Node):
         self._reset_attempt = 0
         self._reset_deadline = 0.0
         self.reset_timeouts = 0
-        self._tmp = tempfile.TemporaryDirectory(prefix="mbmpo_policy_")
-        self._policy_count = 0
         self._cmd_pub = self.create_publisher(Float64MultiArray, "command", COMMAND_QOS)
         self._tr_pub = self.create_publisher(Float64MultiArray, "mbmpo/transitions", TRANSITIONS_QOS)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", DIAGNOSTICS_QOS)
@@ -161,24 +157,17 @@ class Controller(Node):
         self._policy_pool.submit(self._validate_policy, msg)
 
     def _validate_policy(self, msg: UInt8MultiArray) -> None:
-        """Worker thread: decode, write, validate and load a received policy; the tick swaps it in."""
+        """Worker thread: decode, validate and load a received policy, all in memory; the tick swaps it in."""
         try:
-            files, pid = decode_policy(msg)
-            self._policy_count += 1
-            # Each policy in its own folder: the policy graph names its inner-step graph by a plain file name.
-            folder = Path(self._tmp.name) / str(self._policy_count)
-            folder.mkdir()
-            for name, data in files.items():
-                (folder / name).write_bytes(data)
-            path = folder / next(iter(files))
-            validate_policy_file(path, self.task.name, self.task.obs_names, self.task.joint_names)
-            policy = OnnxPolicy(path)
-        except Exception as exc:  # CodecError, PolicyValidationError, OSError, onnxruntime: reject, keep running
+            bundle = decode_policy(msg)
+            # Validation loads the policy once (both onnxruntime sessions from the bundle's bytes) and returns it.
+            policy = validate_bundle(bundle, self.task.name, self.task.obs_names, self.task.joint_names)
+        except Exception as exc:  # CodecError, PolicyValidationError, onnxruntime: reject, keep running
             self.rejected_policies += 1
             self.get_logger().warning(f"rejected policy ({self.rejected_policies} so far): {exc}")
             return
         self._next_policy = policy  # swapped in at the next tick boundary
-        self.get_logger().info(f"policy {pid[:12]} validated")
+        self.get_logger().info(f"policy {bundle.policy_id[:12]} validated")
 
     # ---------------------------------------------------------------------------------------- tick
     def _tick(self) -> None:
@@ -405,18 +394,14 @@ class Controller(Node):
         self._diag_pub.publish(msg)
 
     def destroy_node(self) -> None:
-        """Stop the worker threads and remove the temporary policy files (each absent if the constructor failed
-        early). A running validation is waited for (it writes into the folder removed next); a running inner
-        step finishes on its own."""
+        """Stop the worker threads (each absent if the constructor failed early). A running validation is waited
+        for (it logs through the node destroyed next); a running inner step finishes on its own."""
         policy_pool = getattr(self, "_policy_pool", None)
         if policy_pool is not None:
             policy_pool.shutdown(wait=True, cancel_futures=True)
         pool = getattr(self, "_pool", None)
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
-        tmp = getattr(self, "_tmp", None)
-        if tmp is not None:
-            tmp.cleanup()
         super().destroy_node()
 
 
