@@ -108,16 +108,14 @@ class MetaLearner:
         self.iteration = 0  # improve calls so far
         self.rng = np.random.default_rng(config.seed)  # start states of imagined rollouts
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)  # imagined action noise
-        p, m = config.policy, config.meta
+        p = config.policy
         self.ensemble = DynamicsEnsemble.from_config(task.obs_dim, task.act_dim, config.ensemble, device=self.device,
                                                      seed=config.seed, ignored_obs=task.position_obs)
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the process's torch RNG
             torch.manual_seed(config.seed)
             policy = GaussianMLPPolicy(task.obs_dim, task.act_dim, p.hidden_sizes, p.init_std)
         self.policy = policy.to(self.device)
-        self.meta = MetaOptimizer(self.policy, algo=m.algo, inner_lr=m.inner_lr, learn_inner_lr=m.learn_inner_lr,
-                                  max_kl=m.max_kl, cg_iters=m.cg_iters, cg_damping=m.cg_damping,
-                                  backtrack_ratio=m.backtrack_ratio, max_backtracks=m.max_backtracks)
+        self.meta = MetaOptimizer.from_config(self.policy, config.meta)
 
     # ---------------------------------------------------------------- iteration
     def improve(self, data: Mapping[str, np.ndarray]) -> IterationReport:
@@ -125,8 +123,9 @@ class MetaLearner:
 
         ``data``: every stored real transition, oldest first, as :meth:`TransitionStore.load_all` returns it
         (``obs, next_obs: [N, obs_dim]``, ``act: [N, act_dim]``, ``step: [N]``; other columns are ignored). Pass
-        all of it, not a FIFO tail: the model fit keeps the newest ``ensemble.capacity`` rows itself, while
-        imagination may start from any stored episode start. Raises ``ValueError`` (one line) on bad columns.
+        all of it, not a FIFO tail: the model fit keeps the newest ``ensemble.capacity`` rows itself (and needs
+        their row numbers in the run's stream for a stable train/validation split), while imagination may start
+        from any stored episode start. Raises ``ValueError`` (one line) on bad columns.
         """
         obs, act, next_obs, step = self._columns(data)
         timer = _PhaseTimer()
@@ -135,12 +134,12 @@ class MetaLearner:
             # Fixed for the whole run (it is part of the exported policy): set from the first data.
             self.policy.set_obs_normalizer(torch.as_tensor(obs.mean(0)), torch.as_tensor(obs.std(0)),
                                            ignore=self.task.position_obs)
-        cap = self.config.ensemble.capacity
-        fit = self.ensemble.fit(obs[-cap:], act[-cap:], next_obs[-cap:])
+        first = max(0, len(obs) - self.config.ensemble.capacity)  # the FIFO tail; row ids fix each row's split
+        fit = self.ensemble.fit(obs[first:], act[first:], next_obs[first:], first_row=first)
         timer.add("fit", t)
         episode_starts = obs[step == 0] if np.any(step == 0) else obs
         stats, collect_params = self._meta_train(timer, episode_starts, obs)
-        report = IterationReport(iteration=self.iteration, transitions=min(len(obs), cap), fit=fit, meta=stats,
+        report = IterationReport(iteration=self.iteration, transitions=len(obs) - first, fit=fit, meta=stats,
                                  seconds=timer.seconds, collect_params=collect_params)
         self.iteration += 1
         return report
@@ -229,13 +228,18 @@ class MetaLearner:
                 "rng": self.rng.bit_generator.state, "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Inverse of :meth:`state_dict`."""
-        self.iteration = int(state["iteration"])
-        self.ensemble.load_state_dict(state["ensemble"])
-        self.policy.load_state_dict(state["policy"])
-        self.meta.load_state_dict(state["meta"])
-        self.rng.bit_generator.state = state["rng"]
-        self.generator.set_state(state["generator"].cpu())  # a generator's state is a CPU tensor on any device
+        """Inverse of :meth:`state_dict`; ``ValueError`` (one line) if ``state`` is of another config or task."""
+        try:
+            self.ensemble.load_state_dict(state["ensemble"])
+            self.policy.load_state_dict(state["policy"])
+            self.meta.load_state_dict(state["meta"])
+            self.rng.bit_generator.state = state["rng"]
+            self.generator.set_state(state["generator"].cpu())  # a generator's state is a CPU tensor on any device
+            self.iteration = int(state["iteration"])
+        except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+            reason = next(iter(str(exc).splitlines()), "")
+            raise ValueError(f"saved state does not fit this meta-learner (other config or task?): "
+                             f"{type(exc).__name__}: {reason}") from None
 
 
 def rollout_batch(policy: GaussianMLPPolicy, params: Params, traj: Imagined, gamma: float, lam: float) -> RolloutBatch:

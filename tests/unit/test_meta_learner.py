@@ -129,6 +129,14 @@ def test_state_dict_round_trip_continues_exactly(tmp_path: Path) -> None:
     assert got.meta == expected.meta and got.iteration == expected.iteration == 1
 
 
+def test_state_of_another_config_is_one_clear_error() -> None:
+    other = MetaLearner(replace(TINY, policy=PolicyConfig(hidden_sizes=(8,))), TASK)
+    with pytest.raises(ValueError, match="does not fit this meta-learner"):
+        MetaLearner(TINY, TASK).load_state_dict(other.state_dict())
+    with pytest.raises(ValueError, match=r"does not fit this meta-learner .*: KeyError"):
+        MetaLearner(TINY, TASK).load_state_dict({"iteration": 1})
+
+
 def test_progress_row_has_the_progress_columns_and_sums_the_phases() -> None:
     report = MetaLearner(replace(TINY, meta=replace(TINY.meta, meta_steps=0)), TASK).improve(DATA_400)
     row = report.progress_row(400, [1.0, 3.0], return_pre=5.0, seconds={"sample": 2.0, "eval": 1.0})
