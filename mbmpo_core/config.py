@@ -29,7 +29,8 @@ class EnsembleConfig:
     lr: float = 1e-3
     batch_size: int = 500
     valid_fraction: float = 0.2
-    early_stop_decay: float = 0.99
+    patience: int = 5  # a model stops after this many epochs without a relative improvement_threshold gain
+    improvement_threshold: float = 0.01
     max_epochs: int = 50
     capacity: int = 100_000
 
@@ -58,6 +59,16 @@ class MetaConfig:
     real_start_fraction: float = 0.0  # share of imagined rollouts that start from stored real states
     obs_clip: float = 1e4
     reward_clip: float = 1e4
+    first_order: bool = False  # outer gradient without differentiating through the inner step (FO-MAML)
+    kl_hessian: str = "exact"  # outer KL Hessian through the inner step ("exact") or at J = I ("first_order")
+    hvp_subsample: float = 1.0  # share of every rollout's steps the KL Hessian-vector products use (1 = all)
+    inner_surrogate: str = "ratio"  # "ratio" (importance weighted) or "log_prob"; same inner step at theta_old
+    clip_eps: float = 0.3  # ProMP: likelihood-ratio clip
+    target_inner_kl: float = 0.01  # ProMP: inner KL the adaptive penalty aims at
+    init_inner_kl_coef: float = 5e-4  # ProMP: initial inner-KL penalty
+    adapt_inner_kl_coef: bool = True  # ProMP: halve / double the penalty around target_inner_kl
+    promp_lr: float = 1e-3  # ProMP: Adam step size of the outer update
+    promp_steps: int = 5  # ProMP: Adam steps per outer update
 
 
 @dataclass(frozen=True)
@@ -107,7 +118,8 @@ _RANGES: list[tuple[str, Any, str]] = [
     ("ensemble.lr", lambda v: v > 0, "> 0"),
     ("ensemble.batch_size", lambda v: v >= 1, ">= 1"),
     ("ensemble.valid_fraction", lambda v: 0 < v < 1, "in (0, 1)"),
-    ("ensemble.early_stop_decay", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("ensemble.patience", lambda v: v >= 1, ">= 1"),
+    ("ensemble.improvement_threshold", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("ensemble.max_epochs", lambda v: v >= 1, ">= 1"),
     ("ensemble.capacity", lambda v: v >= 1, ">= 1"),
     ("policy.hidden_sizes", lambda v: len(v) >= 1 and min(v) >= 1, "a non-empty list of positive ints"),
@@ -116,6 +128,8 @@ _RANGES: list[tuple[str, Any, str]] = [
     ("meta.inner_lr", lambda v: v >= 0, ">= 0"),
     ("meta.max_kl", lambda v: v > 0, "> 0"),
     ("meta.cg_iters", lambda v: v >= 1, ">= 1"),
+    ("meta.cg_damping", lambda v: v >= 0, ">= 0"),
+    ("meta.max_backtracks", lambda v: v >= 1, ">= 1"),
     ("meta.backtrack_ratio", lambda v: 0 < v < 1, "in (0, 1)"),
     ("meta.meta_batch_size", lambda v: v >= 1, ">= 1"),
     ("meta.rollouts_per_task", lambda v: v >= 1, ">= 1"),
@@ -123,6 +137,16 @@ _RANGES: list[tuple[str, Any, str]] = [
     ("meta.gamma", lambda v: 0 < v <= 1, "in (0, 1]"),
     ("meta.gae_lambda", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("meta.real_start_fraction", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("meta.obs_clip", lambda v: v > 0, "> 0"),
+    ("meta.reward_clip", lambda v: v > 0, "> 0"),
+    ("meta.kl_hessian", lambda v: v in ("exact", "first_order"), "exact or first_order"),
+    ("meta.hvp_subsample", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("meta.inner_surrogate", lambda v: v in ("ratio", "log_prob"), "ratio or log_prob"),
+    ("meta.clip_eps", lambda v: 0 < v < 1, "in (0, 1)"),
+    ("meta.target_inner_kl", lambda v: v > 0, "> 0"),
+    ("meta.init_inner_kl_coef", lambda v: v >= 0, ">= 0"),
+    ("meta.promp_lr", lambda v: v > 0, "> 0"),
+    ("meta.promp_steps", lambda v: v >= 1, ">= 1"),
     ("loop.random_steps", lambda v: v >= 1, ">= 1"),
     ("loop.steps_per_iter", lambda v: v >= 1, ">= 1"),
     ("loop.total_steps", lambda v: v >= 1, ">= 1"),

@@ -284,6 +284,24 @@ class DynamicsEnsemble(nn.Module):
         return torch.as_tensor(x, dtype=torch.float32, device=self.device)
 
     # -------------------------------------------------------------------- fit
+    def validation_mask(self, first_row: int, num_rows: int) -> torch.Tensor:
+        """Which rows each model holds out: ``[K, num_rows]`` bool on ``device`` (True = validation).
+
+        Rows are ``first_row .. first_row + num_rows - 1`` of the transition stream (see module doc).
+        Row ``i`` is a validation row of model ``k`` iff ``u(seed, k, i) < valid_fraction``, with ``u`` a
+        uniform hash: the same for every call, so the split is stable as data grows and after a resume.
+        Every model gets at least one row of each kind (tiny datasets only).
+        """
+        if first_row < 0 or num_rows < 2:
+            raise ValueError(f"need first_row >= 0 and num_rows >= 2, got {first_row}, {num_rows}")
+        u = torch.as_tensor(_row_uniforms(self.seed, self.num_models, first_row, num_rows))
+        valid = u < self.valid_fraction
+        # A model without validation (or training) rows cannot fit; give it the row nearest the threshold.
+        models = torch.arange(self.num_models)
+        valid[models, u.argmin(dim=1)] |= ~valid.any(dim=1)
+        valid[models, u.argmax(dim=1)] &= ~valid.all(dim=1)
+        return valid.to(self.device)
+
     def fit(
         self,
         obs: ArrayLike,
@@ -292,55 +310,62 @@ class DynamicsEnsemble(nn.Module):
         epochs: int | None = None,
         progress: Callable[[EpochInfo], None] | None = None,
         early_stop: bool = True,
+        first_row: int = 0,
     ) -> FitReport:
         """Train all models on ``obs, next_obs: [N, obs_dim]``, ``act: [N, act_dim]``.
 
-        Continues from the current weights. ``epochs`` caps this call (default
-        ``max_epochs``); ``early_stop=False`` runs exactly ``epochs`` epochs
-        (best-weight restoration still applies). ``progress`` is called after
-        every epoch with an :class:`EpochInfo`.
+        The rows are all data so far: row ``j`` is row ``first_row + j`` of the run's transition stream
+        (a FIFO tail of ``N`` rows out of ``T`` stored passes ``first_row = T - N``), which fixes each
+        row's train/validation assignment (:meth:`validation_mask`). Continues from the current weights.
+        ``epochs`` caps this call (default ``max_epochs``); ``early_stop=False`` runs exactly ``epochs``
+        epochs (the best epoch's weights are still restored). ``progress`` is called after every epoch
+        with an :class:`EpochInfo`.
         """
         t0 = time.perf_counter()
         max_epochs = self.max_epochs if epochs is None else int(epochs)
         x, y = self._prepare_data(obs, act, next_obs)
         gen = torch.Generator(device=self.device).manual_seed(self.seed + 7919 * self._fit_calls)
         self._fit_calls += 1
-        train_idx, valid_idx = self._draw_split(x.shape[0], gen)
-        self.split_indices = (train_idx, valid_idx)
-        x_val, y_val = x[valid_idx], y[valid_idx]  # [K, n_valid, *]
+        valid = self.validation_mask(first_row, x.shape[0])  # [K, N]
+        n_train = int((~valid).sum(dim=1).min())  # rows per model and epoch (the smallest training set)
+        valid_idx, valid_w = _padded_rows(valid)  # [K, V], [K, V]
+        x_val, y_val = x[valid_idx], y[valid_idx]  # [K, V, *]
 
-        best_mse = self._mse(x_val, y_val)
-        initial = best_mse.cpu().numpy()
+        initial = self._mse(x_val, y_val, valid_w).cpu().numpy()
+        best_mse = torch.full((self.num_models,), math.inf, device=self.device)
         best_state = [p.detach().clone() for p in self.parameters()]
-        rolling = best_mse * _ROLLING_INIT_SLACK
+        reference = torch.full_like(best_mse, math.inf)  # loss at the last significant improvement
+        stale = torch.zeros(self.num_models, dtype=torch.long, device=self.device)  # epochs since then
         active = torch.ones(self.num_models, dtype=torch.bool, device=self.device)
         epochs_run = np.zeros(self.num_models, dtype=np.int64)
         history: list[np.ndarray] = []
         optim = torch.optim.Adam(self.parameters(), lr=self.lr)
 
         for epoch in range(max_epochs):
-            train_mse = self._train_epoch(x, y, train_idx, active, optim, gen)
-            valid_mse = self._mse(x_val, y_val)
+            train_mse = self._train_epoch(x, y, valid, n_train, active, optim, gen)
+            valid_mse = self._mse(x_val, y_val, valid_w)
             epochs_run += active.cpu().numpy()
-            improved = valid_mse < best_mse
-            self._snapshot(best_state, improved & active)
-            best_mse = torch.where(improved & active, valid_mse, best_mse)
+            improved = active & (valid_mse < best_mse)
+            self._copy_where(best_state, list(self.parameters()), improved)
+            best_mse = torch.where(improved, valid_mse, best_mse)
+            significant = valid_mse < reference * (1.0 - self.improvement_threshold)
+            reference = torch.where(active & significant, valid_mse, reference)
+            stale = torch.where(significant, torch.zeros_like(stale), stale + 1)
             if early_stop:
-                active = active & ~(valid_mse > rolling)
-            decay = self.early_stop_decay
-            rolling = torch.where(active, decay * rolling + (1 - decay) * valid_mse, rolling)
+                active = active & (stale < self.patience)
             history.append(valid_mse.cpu().numpy())
             if progress is not None:
                 progress(EpochInfo(epoch + 1, max_epochs, train_mse.cpu().numpy(), history[-1], active.cpu().numpy()))
             if not bool(active.any()):
                 break
 
-        self._restore(best_state)
-        final_train = self._mse(x[train_idx], y[train_idx]).cpu().numpy()
+        # Only weights of this fit's epochs come back (a model that never got a finite loss keeps its own).
+        self._copy_where(list(self.parameters()), best_state, torch.isfinite(best_mse))
+        train_idx, train_w = _padded_rows(~valid)
         return FitReport(
             epochs=epochs_run,
-            train_mse=final_train,
-            valid_mse=self._mse(x_val, y_val).cpu().numpy(),
+            train_mse=self._mse(x[train_idx], y[train_idx], train_w).cpu().numpy(),
+            valid_mse=self._mse(x_val, y_val, valid_w).cpu().numpy(),
             initial_valid_mse=initial,
             seconds=time.perf_counter() - t0,
             history_valid_mse=history,
@@ -363,26 +388,23 @@ class DynamicsEnsemble(nn.Module):
         self.target_normalizer.fit(deltas)
         return self.input_normalizer.normalize(inputs), self.target_normalizer.normalize(deltas)
 
-    def _draw_split(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Independent permutation per model -> ``([K, n_train], [K, n_valid])``."""
-        n_valid = min(n - 1, max(1, round(n * self.valid_fraction)))
-        keys = torch.rand(self.num_models, n, generator=gen, device=self.device)
-        perm = torch.argsort(keys, dim=1)
-        return perm[:, : n - n_valid], perm[:, n - n_valid :]
-
     def _train_epoch(
         self,
         x: torch.Tensor,
         y: torch.Tensor,
-        train_idx: torch.Tensor,
+        valid: torch.Tensor,
+        n_train: int,
         active: torch.Tensor,
         optim: torch.optim.Optimizer,
         gen: torch.Generator,
     ) -> torch.Tensor:
-        """One pass over every model's own shuffled training rows; returns mean train MSE ``[K]``."""
-        n_train = train_idx.shape[1]
-        keys = torch.rand(self.num_models, n_train, generator=gen, device=self.device)
-        order = torch.gather(train_idx, 1, torch.argsort(keys, dim=1))
+        """One pass over ``n_train`` shuffled training rows of every model; returns mean train MSE ``[K]``.
+
+        ``valid: [K, N]`` marks each model's validation rows; a model with more than ``n_train`` training
+        rows sees a different random ``n_train`` of them every epoch.
+        """
+        keys = torch.rand(valid.shape, generator=gen, device=self.device).masked_fill(valid, 2.0)
+        order = torch.argsort(keys, dim=1)[:, :n_train]  # validation rows sort last
         weight = active.to(x.dtype)
         total = torch.zeros(self.num_models, device=self.device)
         for start in range(0, n_train, self.batch_size):
@@ -396,23 +418,21 @@ class DynamicsEnsemble(nn.Module):
         return total / n_train
 
     @torch.no_grad()
-    def _mse(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Per-model normalized MSE of ``x: [K, M, in]`` against ``y: [K, M, obs_dim]`` -> ``[K]``."""
+    def _mse(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Per-model normalized MSE of ``x: [K, M, in]`` against ``y: [K, M, obs_dim]`` over the rows with
+        ``weight: [K, M]`` 1 (0 = padding) -> ``[K]``."""
         total = torch.zeros(self.num_models, device=self.device)
         for start in range(0, x.shape[1], _EVAL_CHUNK):
             sl = slice(start, start + _EVAL_CHUNK)
-            total += (self(x[:, sl]) - y[:, sl]).square().sum(dim=(1, 2))
-        return total / (x.shape[1] * y.shape[2])
+            total += ((self(x[:, sl]) - y[:, sl]).square().sum(dim=2) * weight[:, sl]).sum(dim=1)
+        return total / (weight.sum(dim=1).clamp_min(1.0) * y.shape[2])
 
+    @staticmethod
     @torch.no_grad()
-    def _snapshot(self, best_state: list[torch.Tensor], mask: torch.Tensor) -> None:
-        for saved, p in zip(best_state, self.parameters(), strict=True):
-            saved.copy_(torch.where(mask.view(-1, 1, 1), p, saved))
-
-    @torch.no_grad()
-    def _restore(self, best_state: list[torch.Tensor]) -> None:
-        for saved, p in zip(best_state, self.parameters(), strict=True):
-            p.copy_(saved)
+    def _copy_where(dst: list[torch.Tensor], src: list[torch.Tensor], mask: torch.Tensor) -> None:
+        """``dst[k] = src[k]`` for the models ``k`` where ``mask: [K]`` is True (every tensor ``[K, ...]``)."""
+        for d, s in zip(dst, src, strict=True):
+            d.copy_(torch.where(mask.view(-1, 1, 1), s, d))
 
     # ---------------------------------------------------------------- persist
     def get_extra_state(self) -> torch.Tensor:  # in state_dict(): the fit count seeds the next fit's split
@@ -430,6 +450,32 @@ class DynamicsEnsemble(nn.Module):
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> DynamicsEnsemble:
         """Rebuild an ensemble saved with :meth:`save` on ``device``."""
         blob = torch.load(path, map_location="cpu", weights_only=True)
-        model = cls(**blob["config"], device="cpu")
+        config = dict(blob["config"])
+        config.pop("early_stop_decay", None)  # files written before the patience rule
+        model = cls(**config, device="cpu")
         model.load_state_dict(blob["state_dict"])
         return model.to(torch.device(device))
+
+
+def _row_uniforms(seed: int, num_models: int, first_row: int, num_rows: int) -> np.ndarray:
+    """Uniform ``[0, 1)`` values ``[num_models, num_rows]``, a fixed function of ``(seed, model, row)``
+    (splitmix64's finalizer on a per-(seed, model, row) key; uint64 arithmetic wraps by design)."""
+    rows = np.arange(first_row, first_row + num_rows, dtype=np.uint64)[None, :]
+    models = np.arange(num_models, dtype=np.uint64)[:, None]
+    seed_key = np.array([seed % 2**64], dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        z = rows * np.uint64(_GOLDEN) + models * np.uint64(_MODEL_KEY) + seed_key * np.uint64(_SEED_KEY)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(_MIX1)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(_MIX2)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(2**53)
+
+
+def _padded_rows(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row indices of each model's True entries of ``mask: [K, N]``, in row order, padded to the largest
+    count: ``(idx [K, C], weight [K, C])`` with weight 1 for real rows and 0 for padding."""
+    counts = mask.sum(dim=1)
+    order = torch.argsort((~mask).to(torch.uint8), dim=1, stable=True)  # True rows first
+    width = int(counts.max())
+    weight = torch.arange(width, device=mask.device) < counts.unsqueeze(1)
+    return order[:, :width], weight.to(torch.float32)

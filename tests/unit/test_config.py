@@ -28,6 +28,23 @@ def test_paper_defaults() -> None:
     assert (c.loop.random_steps, c.loop.steps_per_iter, c.ensemble.capacity) == (5000, 4000, 100_000)
 
 
+def test_meta_knobs_load_from_yaml(tmp_path: Path) -> None:
+    text = (
+        "meta: {first_order: true, kl_hessian: first_order, hvp_subsample: 0.2, inner_surrogate: log_prob,\n"
+        "       clip_eps: 0.2, target_inner_kl: 0.02, init_inner_kl_coef: 1e-3, adapt_inner_kl_coef: false,\n"
+        "       promp_lr: 3e-4, promp_steps: 3}\n"
+        "ensemble: {patience: 7, improvement_threshold: 0.02}\n"
+    )
+    c = load_config(write(tmp_path, text))
+    m = c.meta
+    assert (m.first_order, m.kl_hessian, m.hvp_subsample, m.inner_surrogate) == (True, "first_order", 0.2, "log_prob")
+    assert (m.clip_eps, m.target_inner_kl, m.init_inner_kl_coef) == (0.2, 0.02, 1e-3)
+    assert (m.adapt_inner_kl_coef, m.promp_lr, m.promp_steps) == (False, 3e-4, 3)
+    assert (c.ensemble.patience, c.ensemble.improvement_threshold) == (7, 0.02)
+    defaults = Config().meta
+    assert (defaults.kl_hessian, defaults.hvp_subsample, defaults.first_order) == ("exact", 1.0, False)
+
+
 def test_round_trip(tmp_path: Path) -> None:
     c = load_config(write(tmp_path, "meta: {inner_lr: 0.01}\nensemble: {hidden_sizes: [64, 64]}\n"))
     save_config(c, tmp_path / "out.yaml")
@@ -55,6 +72,19 @@ def test_overrides_and_scientific_notation(tmp_path: Path) -> None:
         ("ensemble: {valid_fraction: 1.5}\n", "'ensemble.valid_fraction' must be in (0, 1)"),
         ("meta: {algo: ppo}\n", "'meta.algo' must be trpo or promp"),
         ("device: gpu\n", "'device' must be"),
+        ("ensemble: {patience: 0}\n", "'ensemble.patience' must be >= 1"),
+        ("ensemble: {improvement_threshold: 1.0}\n", "'ensemble.improvement_threshold' must be in [0, 1)"),
+        ("ensemble: {early_stop_decay: 0.99}\n", "unknown key 'ensemble.early_stop_decay'"),
+        ("meta: {kl_hessian: second_order}\n", "'meta.kl_hessian' must be exact or first_order"),
+        ("meta: {hvp_subsample: 0}\n", "'meta.hvp_subsample' must be in (0, 1]"),
+        ("meta: {inner_surrogate: logp}\n", "'meta.inner_surrogate' must be ratio or log_prob"),
+        ("meta: {first_order: 1}\n", "'meta.first_order' must be bool"),
+        ("meta: {clip_eps: 1.5}\n", "'meta.clip_eps' must be in (0, 1)"),
+        ("meta: {target_inner_kl: 0}\n", "'meta.target_inner_kl' must be > 0"),
+        ("meta: {init_inner_kl_coef: -1}\n", "'meta.init_inner_kl_coef' must be >= 0"),
+        ("meta: {promp_lr: 0}\n", "'meta.promp_lr' must be > 0"),
+        ("meta: {promp_steps: 0}\n", "'meta.promp_steps' must be >= 1"),
+        ("meta: {cg_damping: -1e-5}\n", "'meta.cg_damping' must be >= 0"),
     ],
 )
 def test_bad_config_is_one_line_naming_key_and_file(tmp_path: Path, text: str, needle: str) -> None:
