@@ -42,7 +42,14 @@ class Imagined:
 def imagine(ensemble: DynamicsEnsemble, policy: GaussianMLPPolicy, params: Params, task: TaskSpec,
             start_obs: torch.Tensor, horizon: int, obs_clip: float, reward_clip: float,
             generator: torch.Generator | None = None) -> Imagined:
-    """Roll task-batched ``params`` (each [M, ...]) out in the ensemble from ``start_obs`` [M, N, obs_dim]."""
+    """Roll task-batched ``params`` (each [M, ...]) out in the ensemble from ``start_obs`` [M, N, obs_dim].
+
+    Actions as on the real robot: the real path (:class:`~mbmpo_core.sampler.RealSampler`, the controller's
+    safety chain) executes ``clip(sample, action_low, action_high)``, so the real physics, the stored ``act``
+    the models learn from and the real reward (a gymnasium env charges the action passed to ``step``) all see
+    the clipped action. The model and the model-space reward get the same; ``Imagined.act`` keeps the raw
+    sample, whose log-probability the policy gradient needs.
+    """
     num_tasks, num_rollouts, obs_dim = start_obs.shape
     num_models = ensemble.num_models
     task_models(num_tasks, num_models)  # validates the layout
