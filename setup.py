@@ -11,6 +11,7 @@ ROS_WHEELS = [
     "ros-sensor-msgs",
     "ros-diagnostic-msgs",
     "ros-std-srvs",
+    "ros-lifecycle-msgs",  # the controller is a managed node (rclpy.lifecycle; ros2 lifecycle set)
     "ros-rmw-fastrtps-cpp",
 ]
 

@@ -20,6 +20,7 @@ from mbmpo_core import registry
 from mbmpo_core.config import load_config
 
 PACKAGE = "mbmpo_ros"
+WARMUP_POLICIES = ("random", "zero", "hold")
 ParamValue = bool | int | float | str | list[str]
 
 
@@ -30,7 +31,8 @@ class GraphError(ValueError):
 @dataclass(frozen=True)
 class NodeDescription:
     """One node: the package's ``executable`` (also the module ``<package>.<executable>``), its name and
-    namespace ('' = global), its parameter files, then the parameters that override them."""
+    namespace ('' = global), its parameter files, then the parameters that override them; ``lifecycle``: a
+    managed node (launch_ros renders it as a ``LifecycleNode``)."""
 
     executable: str
     name: str
@@ -38,6 +40,7 @@ class NodeDescription:
     parameter_files: tuple[Path, ...] = ()
     overrides: Mapping[str, ParamValue] = field(default_factory=dict)
     package: str = PACKAGE
+    lifecycle: bool = False
 
     @property
     def module(self) -> str:
@@ -68,12 +71,19 @@ TRAIN_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument("run_dir", "", "learner run directory ('' = a new one)"),
     LaunchArgument("steps", "0", "stop when the learner has stored this many real steps (0 = never)"),
     LaunchArgument("rate_hz", "0.0", "control rate of the controllers (0 = the task's)"),
+    LaunchArgument("warmup_policy", "", "what the robots run until the first policy: random|zero|hold ('' = "
+                   "random with sim:=true, hold on real robots: set random to let a real robot explore)"),
 )
 
 DEPLOY_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument("namespace", "robot_0", "robot namespace"),
-    LaunchArgument("task", "InvertedPendulum-v5", "task name"),
+    LaunchArgument("task", "InvertedPendulum-v5", "task name or task file (.yaml)"),
     LaunchArgument("explore", "false", "sample actions (true) or act on the policy's mean (false)"),
+    LaunchArgument("autostart", "false", "configure and activate the controller at start (false: ros2 lifecycle "
+                   "set <namespace>/controller configure, then activate)"),
+    LaunchArgument("policy_file", "", "policy to start with: a policy.onnx or a run directory ('' = wait for "
+                   "/mbmpo/policy)"),
+    LaunchArgument("hold_mode", "zero", "what a hold commands: zero, or position (the measured joint positions)"),
 )
 
 
@@ -89,21 +99,27 @@ def task_and_horizon(config_dir: Path, config: str = "", task: str = "") -> tupl
 
 def controller_node(config_dir: Path, namespace: str, **overrides: ParamValue) -> NodeDescription:
     """The controller of robot ``namespace`` with config/controller.yaml and ``overrides``."""
-    return NodeDescription("controller", "controller", namespace, (config_dir / "controller.yaml",), overrides)
+    return NodeDescription("controller", "controller", namespace, (config_dir / "controller.yaml",), overrides,
+                           lifecycle=True)
 
 
 def train_graph(config_dir: Path, *, sim: bool = True, robots: int = 1, task: str = "", config: str = "",
-                run_dir: str = "", steps: int = 0, rate_hz: float = 0.0,
+                run_dir: str = "", steps: int = 0, rate_hz: float = 0.0, warmup_policy: str = "",
                 namespace_prefix: str = "robot_") -> list[NodeDescription]:
     """The nodes of a training run: the learner first, then per robot a controller (and a sim_robot if ``sim``).
 
     ``config_dir`` holds the parameter files and default.yaml (the source tree's or the installed package's
-    config/); ``config`` and ``run_dir`` are made absolute (the nodes may run elsewhere).
+    config/); ``config`` and ``run_dir`` are made absolute (the nodes may run elsewhere). The controllers keep
+    their batches for the learner; until the first policy they run ``warmup_policy`` ('' = random actions on
+    simulated robots, the hold action on real ones: a real robot explores only when asked to).
     """
     if robots < 1:
         raise GraphError(f"the number of robots must be >= 1, got {robots}")
     if steps < 0 or not 0 <= rate_hz < math.inf:
         raise GraphError(f"steps and rate_hz must be finite and >= 0, got {steps} and {rate_hz}")
+    warmup = warmup_policy or ("random" if sim else "hold")
+    if warmup not in WARMUP_POLICIES:
+        raise GraphError(f"warmup_policy must be one of {', '.join(WARMUP_POLICIES)}, got {warmup_policy!r}")
     task_name, horizon = task_and_horizon(config_dir, config, task)
     namespaces = [f"{namespace_prefix}{i}" for i in range(robots)]
     learner: dict[str, ParamValue] = {"robots": namespaces, "task": task_name}
@@ -116,7 +132,7 @@ def train_graph(config_dir: Path, *, sim: bool = True, robots: int = 1, task: st
     nodes = [NodeDescription("learner", "learner", "", (config_dir / "learner.yaml",), learner)]
     for i, ns in enumerate(namespaces):
         nodes.append(controller_node(config_dir, ns, task=task_name, seed=i, horizon=horizon,
-                                     rate_hz=float(rate_hz)))
+                                     rate_hz=float(rate_hz), warmup_policy=warmup, learner=True))
         if sim:
             nodes.append(NodeDescription("sim_robot", "sim_robot", ns, (config_dir / "sim_robot.yaml",),
                                          {"task": task_name, "seed": i}))
@@ -124,10 +140,20 @@ def train_graph(config_dir: Path, *, sim: bool = True, robots: int = 1, task: st
 
 
 def deploy_graph(config_dir: Path, *, namespace: str = "robot_0", task: str = "InvertedPendulum-v5",
-                 explore: bool = False) -> list[NodeDescription]:
-    """The nodes of a deployment: one controller (the robot's driver provides joint_states and command)."""
+                 explore: bool = False, autostart: bool = False, policy_file: str = "",
+                 hold_mode: str = "zero") -> list[NodeDescription]:
+    """The nodes of a deployment: one managed controller (the robot's driver provides joint_states and command),
+    unconfigured until ``ros2 lifecycle set`` (or ``autostart``), holding until a policy arrives (``policy_file``
+    or ``/mbmpo/policy``); a policy file is made absolute and must exist."""
     registry.resolve(task)
-    return [controller_node(config_dir, namespace, task=task, explore=explore)]
+    overrides: dict[str, ParamValue] = {"task": task, "explore": explore, "autostart": autostart,
+                                        "hold_mode": hold_mode}
+    if policy_file:
+        path = Path(policy_file).expanduser().resolve()
+        if not path.exists():
+            raise GraphError(f"policy_file {policy_file}: no such file or run directory")
+        overrides["policy_file"] = str(path)
+    return [controller_node(config_dir, namespace, **overrides)]
 
 
 def train_graph_from_launch(config_dir: Path, values: Mapping[str, str]) -> list[NodeDescription]:
@@ -137,13 +163,15 @@ def train_graph_from_launch(config_dir: Path, values: Mapping[str, str]) -> list
                        config=values["config"], run_dir=values["run_dir"],
                        steps=_parse_int("steps", values["steps"]),
                        rate_hz=_parse_float("rate_hz", values["rate_hz"]),
-                       namespace_prefix=values["namespace_prefix"])
+                       warmup_policy=values["warmup_policy"].strip(), namespace_prefix=values["namespace_prefix"])
 
 
 def deploy_graph_from_launch(config_dir: Path, values: Mapping[str, str]) -> list[NodeDescription]:
     """:func:`deploy_graph` from the strings of :data:`DEPLOY_ARGUMENTS`."""
     return deploy_graph(config_dir, namespace=values["namespace"], task=values["task"],
-                        explore=parse_bool("explore", values["explore"]))
+                        explore=parse_bool("explore", values["explore"]),
+                        autostart=parse_bool("autostart", values["autostart"]),
+                        policy_file=values["policy_file"].strip(), hold_mode=values["hold_mode"].strip())
 
 
 def parse_bool(name: str, text: str) -> bool:

@@ -116,15 +116,21 @@ CONTROLLER_PARAMS: tuple[ParamSpec, ...] = (
               "installed task entry point, or 'package.module:factory')"),
     ParamSpec("horizon", 200, "steps per episode (then the robot's reset service is called)", low=1),
     ParamSpec("rate_hz", 0.0, "control rate in Hz; 0 = the task's (1 / task.dt)", low=0.0),
-    ParamSpec("warmup_policy", "random", "what acts until a policy arrives: uniform random or zero actions",
-              choices=("random", "zero")),
+    ParamSpec("warmup_policy", "hold", "what acts until the first policy arrives: hold (the hold action, nothing "
+              "recorded: a deployed robot), random (uniform random actions, recorded: training's warm-up data) or "
+              "zero (zero actions, recorded)", choices=("hold", "random", "zero")),
+    ParamSpec("hold_mode", "zero", "what a hold commands: zero (no effort: torque or velocity commands) or position "
+              "(the last measured position of each commanded joint: position commands)", choices=("zero", "position")),
     ParamSpec("action_rate_limit", 0.0, "max |change of an action| per tick; 0 = no limit", low=0.0),
     ParamSpec("obs_clip", 100.0, "clip observations to +-this before the policy; 0 = off", low=0.0),
     ParamSpec("state_timeout_s", 0.5, "no new joint state for this long -> hold", low=0.0),
     ParamSpec("reset_timeout_s", 2.0, "ask the robot's reset service again after this long without an answer",
               low=0.0),
     ParamSpec("batch_size", 200, "transitions per batch sent to the learner", low=1),
-    ParamSpec("outbox_batches", 2000, "batches kept while no learner subscribes (the oldest dropped beyond)", low=1),
+    ParamSpec("learner", False, "a learner trains on this robot's transitions: batches wait for it while it is "
+              "away; false: batches go only to current subscribers, none kept"),
+    ParamSpec("outbox_batches", 2000, "with learner: batches kept while no learner subscribes (the oldest dropped "
+              "beyond)", low=1),
     ParamSpec("robot_id", "", "robot id in transitions and diagnostics; '' = the node's namespace"),
     ParamSpec("seed", 0, "seed of exploration noise and warm-up actions", low=0),
     ParamSpec("explore", True, "sample actions from the policy (the learner and adaptation need it) or act on "

@@ -10,14 +10,21 @@ observation name ``n`` of the task, first rule that applies:
    Reacher's cos/sin and fingertip vector).
 2. ``n`` is ``qpos.<j>`` and ``<j>`` is a joint name: the ``position`` of ``<j>``.
 3. ``n`` is ``qvel.<j>`` and ``<j>`` is a joint name: the ``velocity`` of ``<j>``.
+4. ``n`` is ``effort.<j>`` and ``<j>`` is a joint name: the ``effort`` of ``<j>``.
 
-So a real driver that publishes plain actuated joints (position + velocity) feeds the same function, as
+So a real driver that publishes plain actuated joints (position, velocity, effort) feeds the same function, as
 long as it (or a state estimator beside it) also publishes the non-joint entries under their obs names.
 
-Hold: whenever the chain cannot trust its input (e-stop, stale state, NaN/Inf observation or action) it
-publishes the *hold action*: zero (clipped into the bounds), i.e. no actuator effort, because the MuJoCo
-tasks are torque/force actuated and "keep pushing with the last torque" is not a safe default. A hold
-bypasses the rate limit (stopping must be immediate) and becomes the rate limiter's new reference.
+Hold: whenever the chain cannot trust its input (e-stop, stale state, NaN/Inf observation or action, no policy
+on a deployed robot, an inactive lifecycle state) it publishes the *hold action*, in one of two modes:
+
+* ``zero`` (default): zero clipped into the bounds, i.e. no actuator effort. Right for torque/force and velocity
+  commands (the MuJoCo tasks are torque actuated): "keep pushing with the last torque" is not a safe default.
+* ``position``: the last finite measured position of each commanded joint, clipped into the bounds. Right for
+  position commands, where zero would drive every joint to its zero angle. Before any position was measured
+  there is nothing safe to command, so a hold publishes nothing (the robot's driver keeps its own state).
+
+A hold bypasses the rate limit (stopping must be immediate) and becomes the rate limiter's new reference.
 """
 
 from __future__ import annotations
@@ -40,11 +47,23 @@ class HoldReason(str, enum.Enum):
     BAD_OBS = "bad_obs"
     BAD_ACTION = "bad_action"
     INACTIVE = "inactive"  # lifecycle: configured but not active (or not configured)
+    NO_POLICY = "no_policy"  # no policy yet and no warm-up asked for (a deployed robot)
+
+
+class HoldMode(str, enum.Enum):
+    """What the hold action commands (see module docstring)."""
+
+    ZERO = "zero"
+    POSITION = "position"
 
 
 # ------------------------------------------------------------------------------------------ observations
+_FIELDS = {"qpos": 0, "qvel": 1, "effort": 2}  # obs name prefix -> JointState array (position, velocity, effort)
+
+
 def _resolve(names: Sequence[str], obs_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Per obs entry: (field 0=position/1=velocity, index into the message arrays); CodecError if missing."""
+    """Per obs entry: (field 0=position/1=velocity/2=effort, index into the message arrays); CodecError if
+    missing."""
     index = {n: i for i, n in enumerate(names)}
     if len(index) != len(names):
         raise CodecError("joint_states has duplicated joint names")
@@ -54,8 +73,8 @@ def _resolve(names: Sequence[str], obs_names: Sequence[str]) -> tuple[np.ndarray
         if n in index:
             fields.append(0)
             idx.append(index[n])
-        elif prefix in ("qpos", "qvel") and joint in index:
-            fields.append(0 if prefix == "qpos" else 1)
+        elif prefix in _FIELDS and joint in index:
+            fields.append(_FIELDS[prefix])
             idx.append(index[joint])
         else:
             missing.append(n)
@@ -82,16 +101,28 @@ def obs_from_joint_state(msg: Any, obs_names: Sequence[str]) -> np.ndarray:
         _RESOLVE_CACHE[key] = resolved
     fields, idx = resolved
     n = len(key[0])
-    pos = np.asarray(msg.position, dtype=np.float64)
-    vel = np.asarray(msg.velocity, dtype=np.float64)
-    if pos.shape != (n,):
-        raise CodecError(f"joint_states position has {pos.size} values for {n} names")
-    if fields.any() and vel.shape != (n,):
-        raise CodecError(f"joint_states velocity has {vel.size} values for {n} names")
-    out = pos[idx]
-    if fields.any():
-        out = np.where(fields == 1, vel[idx] if vel.size else 0.0, out)
+    out = np.empty(len(idx))
+    for code, field_name in enumerate(("position", "velocity", "effort")):
+        used = fields == code
+        if not used.any():
+            continue  # a driver may leave the arrays it has no values for empty
+        values = np.asarray(getattr(msg, field_name), dtype=np.float64)
+        if values.shape != (n,):
+            raise CodecError(f"joint_states {field_name} has {values.size} values for {n} names")
+        out[used] = values[idx[used]]
     return out
+
+
+def position_indices(obs_names: Sequence[str], joints: Sequence[str]) -> np.ndarray:
+    """Index in the observation of each joint's position (``qpos.<j>`` or ``<j>``): what a position hold
+    commands. ``ValueError`` (one line) naming the joints whose position the observation lacks."""
+    index = {n: i for i, n in enumerate(obs_names)}
+    found = [index.get(f"qpos.{j}", index.get(j)) for j in joints]
+    missing = [j for j, i in zip(joints, found, strict=True) if i is None]
+    if missing or not joints:
+        raise ValueError(f"hold_mode position needs the position of every commanded joint in the observation "
+                         f"(qpos.<joint>); missing: {missing or 'no joints named'}")
+    return np.asarray(found, np.intp)
 
 
 # ------------------------------------------------------------------------------------------ safety chain
@@ -100,41 +131,60 @@ class SafetyChain:
     """Obs clip -> finiteness -> action clip -> per-tick rate limit, with hold on any doubt.
 
     ``rate_limit <= 0`` disables the rate limit; ``obs_clip <= 0`` disables the observation clip.
+    ``position_index`` (obs index of each commanded joint's position, :func:`position_indices`) selects the
+    ``position`` hold mode; None is the ``zero`` mode (see module docstring).
     """
 
     low: np.ndarray
     high: np.ndarray
     rate_limit: float = 0.0
     obs_clip: float = 0.0
-    last_action: np.ndarray = field(init=False)
+    position_index: np.ndarray | None = None
+    last_action: np.ndarray | None = field(init=False)  # the rate limiter's reference
+    _position: np.ndarray | None = field(init=False, default=None)  # last finite measured joint positions
 
     def __post_init__(self) -> None:
         self.low = np.asarray(self.low, np.float64)
         self.high = np.asarray(self.high, np.float64)
+        if self.position_index is not None and self.position_index.shape != self.low.shape:
+            raise ValueError(f"{self.position_index.size} joint positions for {self.low.size} actions")
         self.last_action = self.hold_action()
 
-    def hold_action(self) -> np.ndarray:
-        """Zero effort, clipped into the bounds (bounds that exclude 0 hold at the nearest bound)."""
-        return np.clip(np.zeros_like(self.low), self.low, self.high)
+    @property
+    def mode(self) -> HoldMode:
+        return HoldMode.ZERO if self.position_index is None else HoldMode.POSITION
+
+    def observe(self, obs: np.ndarray) -> None:
+        """Remember the commanded joints' positions of a finite observation (the position hold's target)."""
+        if self.position_index is not None and np.isfinite(obs).all():
+            self._position = np.asarray(obs, np.float64)[self.position_index].copy()
+
+    def hold_action(self) -> np.ndarray | None:
+        """Zero mode: zero effort clipped into the bounds (bounds that exclude 0 hold at the nearest bound).
+        Position mode: the last measured positions clipped into the bounds; None if none was measured yet."""
+        if self.position_index is None:
+            return np.clip(np.zeros_like(self.low), self.low, self.high)
+        return None if self._position is None else np.clip(self._position, self.low, self.high)
 
     def clip_obs(self, obs: np.ndarray) -> np.ndarray:
         """Observation clipped to ``[-obs_clip, obs_clip]`` (NaN stays NaN, so it is still caught)."""
         obs = np.asarray(obs, np.float64)
         return np.clip(obs, -self.obs_clip, self.obs_clip) if self.obs_clip > 0 else obs
 
-    def hold(self) -> np.ndarray:
-        """The hold action, which also becomes the rate limiter's reference."""
+    def hold(self) -> np.ndarray | None:
+        """The hold action (None: nothing safe to command yet), which also becomes the rate limiter's reference."""
         self.last_action = self.hold_action()
-        return self.last_action.copy()
+        return None if self.last_action is None else self.last_action.copy()
 
-    def filter(self, raw_action: np.ndarray) -> tuple[np.ndarray, HoldReason | None]:
+    def filter(self, raw_action: np.ndarray) -> tuple[np.ndarray | None, HoldReason | None]:
         """Raw policy action -> (executed action, None), or (hold action, BAD_ACTION) if it is not finite."""
         raw = np.asarray(raw_action, np.float64).reshape(-1)
         if raw.shape != self.low.shape or not np.isfinite(raw).all():
             return self.hold(), HoldReason.BAD_ACTION
         act = np.clip(raw, self.low, self.high)
-        if self.rate_limit > 0:
-            act = np.clip(act, self.last_action - self.rate_limit, self.last_action + self.rate_limit)
+        reference = self.last_action if self.last_action is not None else self.hold_action()
+        if self.rate_limit > 0 and reference is not None:
+            act = np.clip(act, reference - self.rate_limit, reference + self.rate_limit)
         self.last_action = act
         return act.copy(), None
 
@@ -171,6 +221,7 @@ class EpisodeBook:
     done_fn: DoneFn
     batch_size: int
     robot: str = ""
+    session: str = ""  # the controller's run: seq counts from 0 in each (see mbmpo_ros.codec)
     episode: int = 0
     step: int = 0
     episode_return: float = 0.0
@@ -233,15 +284,15 @@ class EpisodeBook:
     def _emit(self) -> None:
         if not self._rows:
             return
-        self._ready.append(_rows_to_batch(self._rows, self.robot, self._rows_policy, self.seq))
+        self._ready.append(_rows_to_batch(self._rows, self.robot, self._rows_policy, self.seq, self.session))
         self.seq += 1
         self._rows = []
 
 
-def _rows_to_batch(rows: list[Any], robot: str, policy_id: str, seq: int) -> TransitionBatch:
+def _rows_to_batch(rows: list[Any], robot: str, policy_id: str, seq: int, session: str = "") -> TransitionBatch:
     obs, act, nxt, rew, done, step, ep, adapted = zip(*rows, strict=True)
     return TransitionBatch(
         obs=np.stack(obs), act=np.stack(act), next_obs=np.stack(nxt), reward=np.asarray(rew, np.float64),
         done=np.asarray(done, bool), step=np.asarray(step, np.int64), episode=np.asarray(ep, np.int64),
-        adapted=np.asarray(adapted, bool), robot=robot, policy_id=policy_id, seq=seq,
+        adapted=np.asarray(adapted, bool), robot=robot, policy_id=policy_id, seq=seq, session=session,
     )

@@ -31,10 +31,18 @@ def start_sim(graph: Any, **overrides: Any) -> SimRobot:
     return add_node(graph, SimRobot(context=graph.context, namespace=NS, parameter_overrides=values))
 
 
+TRAINING = {"warmup_policy": "random", "learner": True}  # what train.launch.py sets on a simulated robot
+
+
 def start_controller(graph: Any, **overrides: Any) -> Controller:
-    """A fast controller (200 Hz, 15-step episodes, batches of 8) on TASK in namespace NS."""
-    values = {"task": TASK, "horizon": 15, "rate_hz": 200.0, "batch_size": 8, "state_timeout_s": 0.3, **overrides}
+    """A fast training controller (200 Hz, 15-step episodes, batches of 8, random warm-up, batches kept for a
+    learner) on TASK in namespace NS; ``start_controller(graph, **DEPLOY)`` for the deploy defaults."""
+    values = {"task": TASK, "horizon": 15, "rate_hz": 200.0, "batch_size": 8, "state_timeout_s": 0.3, **TRAINING,
+              **overrides}
     return add_node(graph, Controller(context=graph.context, namespace=NS, parameter_overrides=params(**values)))
+
+
+DEPLOY = {"warmup_policy": "hold", "learner": False}  # config/controller.yaml's defaults
 
 
 def collect(graph: Any, topic: str, msg_type: Any, qos: Any) -> list[Any]:

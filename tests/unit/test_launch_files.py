@@ -10,9 +10,10 @@ from __future__ import annotations
 import ast
 import importlib.util
 import sys
+from collections.abc import Iterator
 from importlib.metadata import entry_points
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
@@ -80,7 +81,8 @@ def test_train_graph_nodes_and_overrides(tmp_path: Path) -> None:
     assert dict(learner.overrides) == {"robots": ["robot_0", "robot_1"], "task": "Hopper-v5",
                                        "config": str(config), "run_dir": str(Path("runs/x").resolve()),
                                        "exit_after_steps": 500}
-    assert dict(controller.overrides) == {"task": "Hopper-v5", "seed": 1, "horizon": 77, "rate_hz": 50.0}
+    assert dict(controller.overrides) == {"task": "Hopper-v5", "seed": 1, "horizon": 77, "rate_hz": 50.0,
+                                          "warmup_policy": "random", "learner": True}
     assert (sim.namespace, dict(sim.overrides)) == ("robot_1", {"task": "Hopper-v5", "seed": 1})
     assert [n.parameter_files for n in nodes[:3]] == [(CONFIG_DIR / "learner.yaml",),
                                                       (CONFIG_DIR / "controller.yaml",),
@@ -88,6 +90,23 @@ def test_train_graph_nodes_and_overrides(tmp_path: Path) -> None:
     # Without sim: no sim_robot; without --task: the config's task; default config: default.yaml's.
     assert [n.executable for n in train_graph(CONFIG_DIR, sim=False, robots=1)] == ["learner", "controller"]
     assert train_graph(CONFIG_DIR, sim=False)[1].overrides["task"] == "HalfCheetah-v5"
+
+
+def test_random_warmup_only_where_training_asks_for_it() -> None:
+    """Simulated robots explore with random actions until the first policy; real robots hold unless told to."""
+    def warmup(**kwargs: Any) -> Any:
+        return [n.overrides.get("warmup_policy") for n in train_graph(CONFIG_DIR, **kwargs)
+                if n.executable == "controller"]
+
+    assert warmup(sim=True, robots=2) == ["random", "random"]
+    assert warmup(sim=False) == ["hold"]
+    assert warmup(sim=False, warmup_policy="random") == ["random"]
+    controller_yaml = yaml.safe_load((CONFIG_DIR / "controller.yaml").read_text())["/**"]["ros__parameters"]
+    assert (controller_yaml["warmup_policy"], controller_yaml["learner"]) == ("hold", False)  # deploy defaults
+    [deployed] = deploy_graph(CONFIG_DIR)
+    assert "warmup_policy" not in deployed.overrides and "learner" not in deployed.overrides
+    with pytest.raises(GraphError, match=r"^warmup_policy must be one of random, zero, hold, got 'wild'$"):
+        train_graph(CONFIG_DIR, warmup_policy="wild")
 
 
 def test_every_node_is_a_package_executable_with_existing_parameter_files() -> None:
@@ -179,15 +198,26 @@ class _LaunchConfiguration(_Recorded):
         return context[self.args[0]]
 
 
+class _Node(_Recorded):
+    """Stands in for launch_ros.actions.Node."""
+
+
+class _LifecycleNode(_Node):
+    """Stands in for launch_ros.actions.LifecycleNode."""
+
+
 @pytest.fixture
-def stand_in_launch(monkeypatch: pytest.MonkeyPatch) -> None:
+def stand_in_launch(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """launch, launch_ros and ament_index_python as stand-ins (the package share directory is the source tree)."""
     modules = {
         "launch": {"LaunchDescription": lambda entities: list(entities)},
-        "launch.actions": {"DeclareLaunchArgument": _Recorded, "OpaqueFunction": _Recorded},
+        "launch.actions": {"DeclareLaunchArgument": _Recorded, "OpaqueFunction": _Recorded,
+                           "RegisterEventHandler": _Recorded, "EmitEvent": _Recorded},
+        "launch.event_handlers": {"OnProcessExit": _Recorded},
+        "launch.events": {"Shutdown": _Recorded},
         "launch.substitutions": {"LaunchConfiguration": _LaunchConfiguration},
         "launch_ros": {},
-        "launch_ros.actions": {"Node": _Recorded},
+        "launch_ros.actions": {"Node": _Node, "LifecycleNode": _LifecycleNode},
         "ament_index_python": {},
         "ament_index_python.packages": {"get_package_share_directory": lambda package: str(ROOT)},
     }
@@ -195,6 +225,9 @@ def stand_in_launch(monkeypatch: pytest.MonkeyPatch) -> None:
         module = ModuleType(name)
         module.__dict__.update(attrs)
         monkeypatch.setitem(sys.modules, name, module)
+    sys.modules.pop("mbmpo_ros.launch_render", None)  # imported on the stand-ins here, and forgotten after
+    yield
+    sys.modules.pop("mbmpo_ros.launch_render", None)
 
 
 def _load_launch_file(name: str) -> Any:
@@ -206,13 +239,18 @@ def _load_launch_file(name: str) -> Any:
     return module
 
 
-def _launch_nodes(name: str, arguments: dict[str, str]) -> tuple[list[str], list[dict[str, Any]]]:
-    """Run a launch file on the stand-ins: its argument names and the Node kwargs it builds for ``arguments``."""
+def _launch_actions(name: str, arguments: dict[str, str]) -> tuple[list[str], list[Any]]:
+    """Run a launch file on the stand-ins: its argument names and the actions it builds for ``arguments``."""
     entities = _load_launch_file(name).generate_launch_description()
     declared = {e.args[0]: e.kwargs["default_value"] for e in entities if "default_value" in e.kwargs}
     [opaque] = [e for e in entities if "function" in e.kwargs]
-    nodes = opaque.kwargs["function"]({**declared, **arguments})
-    return list(declared), [node.kwargs for node in nodes]
+    return list(declared), opaque.kwargs["function"]({**declared, **arguments})
+
+
+def _launch_nodes(name: str, arguments: dict[str, str]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Run a launch file on the stand-ins: its argument names and the Node kwargs it builds for ``arguments``."""
+    declared, actions = _launch_actions(name, arguments)
+    return declared, [action.kwargs for action in actions if isinstance(action, _Node)]
 
 
 def _from_launch_node(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -252,13 +290,49 @@ def test_train_launch_file_defaults_and_a_bad_argument() -> None:
 
 @pytest.mark.usefixtures("stand_in_launch")
 def test_deploy_launch_file_renders_deploy_graph() -> None:
-    declared, nodes = _launch_nodes("deploy.launch.py", {"namespace": "arm_3", "task": "Hopper-v5",
-                                                         "explore": "true"})
+    declared, actions = _launch_actions("deploy.launch.py", {"namespace": "arm_3", "task": "Hopper-v5",
+                                                             "explore": "true", "autostart": "true"})
     assert declared == [arg.name for arg in DEPLOY_ARGUMENTS]
-    [expected] = deploy_graph(CONFIG_DIR, namespace="arm_3", task="Hopper-v5", explore=True)
-    assert [_from_launch_node(n) for n in nodes] == [_from_description(expected)]
-    assert expected.overrides == {"task": "Hopper-v5", "explore": True}
+    [expected] = deploy_graph(CONFIG_DIR, namespace="arm_3", task="Hopper-v5", explore=True, autostart=True)
+    nodes = [a for a in actions if isinstance(a, _Node)]
+    assert [type(n) for n in nodes] == [_LifecycleNode]  # a managed node: launch's lifecycle events reach it
+    assert [_from_launch_node(n.kwargs) for n in nodes] == [_from_description(expected)]
+    assert expected.overrides == {"task": "Hopper-v5", "explore": True, "autostart": True, "hold_mode": "zero"}
     assert _parse_command(command_line(expected)) == _from_description(expected)
+    [default] = deploy_graph(CONFIG_DIR)
+    assert default.overrides["autostart"] is False and default.lifecycle  # deploy waits for ros2 lifecycle set
+
+
+def test_deploy_policy_file_is_made_absolute_and_must_exist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "policy.onnx").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    [node] = deploy_graph(CONFIG_DIR, policy_file="policy.onnx")
+    assert node.overrides["policy_file"] == str(tmp_path / "policy.onnx")
+    with pytest.raises(GraphError, match=r"^policy_file nope.onnx: no such file or run directory$"):
+        deploy_graph(CONFIG_DIR, policy_file="nope.onnx")
+
+
+@pytest.mark.usefixtures("stand_in_launch")
+def test_a_failing_node_stops_the_launch_and_the_learner_finishing_ends_it() -> None:
+    """Each node's OnProcessExit handler: an error exit raises one line (launch prints it, stops, exits 1); the
+    learner's clean exit emits Shutdown; exits during a shutdown say nothing."""
+    from mbmpo_ros.launch_render import NodeFailed
+
+    _, actions = _launch_actions("train.launch.py", {})
+    handlers = {}
+    for action in actions:
+        if not isinstance(action, _Node):  # RegisterEventHandler(OnProcessExit(target_action=..., on_exit=...))
+            target = action.args[0].kwargs["target_action"].kwargs
+            handlers[(target["namespace"], target["name"])] = action.args[0].kwargs["on_exit"]
+    assert set(handlers) == {(None, "learner"), ("robot_0", "controller"), ("robot_0", "sim_robot")}
+    running, stopping = SimpleNamespace(is_shutdown=False), SimpleNamespace(is_shutdown=True)
+    on_exit = handlers[("robot_0", "controller")]
+    with pytest.raises(NodeFailed, match=r"^robot_0/controller exited with code 2; stopping the launch$"):
+        on_exit(SimpleNamespace(returncode=2), running)
+    assert on_exit(SimpleNamespace(returncode=0), running) is None
+    assert on_exit(SimpleNamespace(returncode=-15), stopping) is None
+    [shutdown] = handlers[(None, "learner")](SimpleNamespace(returncode=0), running)
+    assert shutdown.kwargs["event"].kwargs == {"reason": "learner finished"}
 
 
 @pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
@@ -267,6 +341,7 @@ def test_launch_files_run_on_the_real_launch_api(path: Path, monkeypatch: pytest
         import ament_index_python.packages as ament
         from launch import LaunchContext
         from launch.actions import DeclareLaunchArgument, OpaqueFunction
+        from launch_ros.actions import LifecycleNode, Node
     except ImportError:
         pytest.skip(SKIP_REASON)
     monkeypatch.setattr(ament, "get_package_share_directory", lambda package: str(ROOT))  # no colcon install
@@ -276,6 +351,7 @@ def test_launch_files_run_on_the_real_launch_api(path: Path, monkeypatch: pytest
         if isinstance(entity, DeclareLaunchArgument):
             entity.execute(context)  # sets the argument's default
     [opaque] = [e for e in description.entities if isinstance(e, OpaqueFunction)]
-    nodes = opaque.execute(context)
+    nodes = [a for a in opaque.execute(context) if isinstance(a, Node)]
     expected = train_graph(CONFIG_DIR) if path.name == "train.launch.py" else deploy_graph(CONFIG_DIR)
     assert [n.node_executable for n in nodes] == [n.executable for n in expected]
+    assert [isinstance(n, LifecycleNode) for n in nodes] == [n.lifecycle for n in expected]

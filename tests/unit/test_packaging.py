@@ -16,7 +16,8 @@ def test_package_xml_names_real_dependencies() -> None:
     assert tree.getroot().get("format") == "3"
     assert tree.findtext("name") == "mbmpo_ros"
     deps = {e.text for e in tree.getroot() if e.tag.endswith("depend")}
-    assert {"rclpy", "std_msgs", "sensor_msgs", "diagnostic_msgs", "std_srvs", "python3-numpy", "python3-yaml"} <= deps
+    assert {"rclpy", "std_msgs", "sensor_msgs", "diagnostic_msgs", "std_srvs", "lifecycle_msgs", "python3-numpy",
+            "python3-yaml"} <= deps
     assert tree.findtext("export/build_type") == "ament_python"
 
 

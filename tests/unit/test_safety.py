@@ -9,11 +9,20 @@ import numpy as np
 import pytest
 
 from mbmpo_ros.codec import CodecError
-from mbmpo_ros.safety import EpisodeBook, HoldReason, SafetyChain, hold_reason, obs_from_joint_state
+from mbmpo_ros.safety import (
+    EpisodeBook,
+    HoldMode,
+    HoldReason,
+    SafetyChain,
+    hold_reason,
+    obs_from_joint_state,
+    position_indices,
+)
 
 
-def _js(names: list[str], pos: list[float], vel: list[float] | None = None) -> SimpleNamespace:
-    return SimpleNamespace(name=names, position=pos, velocity=vel or [], effort=[])
+def _js(names: list[str], pos: list[float], vel: list[float] | None = None,
+        effort: list[float] | None = None) -> SimpleNamespace:
+    return SimpleNamespace(name=names, position=pos, velocity=vel or [], effort=effort or [])
 
 
 def test_obs_by_exact_name_any_order() -> None:
@@ -25,6 +34,13 @@ def test_obs_from_real_joints_qpos_qvel() -> None:
     msg = _js(["hinge", "slider"], [0.1, 0.2], [1.0, 2.0])
     obs = obs_from_joint_state(msg, ["qpos.slider", "qpos.hinge", "qvel.slider", "qvel.hinge"])
     np.testing.assert_array_equal(obs, [0.2, 0.1, 2.0, 1.0])
+
+
+def test_obs_effort_and_only_the_arrays_used_are_checked() -> None:
+    msg = _js(["a", "b"], [0.1, 0.2], [], [5.0, -6.0])  # no velocities: none asked for
+    np.testing.assert_array_equal(obs_from_joint_state(msg, ["effort.b", "qpos.a", "effort.a"]), [-6.0, 0.1, 5.0])
+    with pytest.raises(CodecError, match="effort has 1 values for 2 names"):
+        obs_from_joint_state(_js(["a", "b"], [0.1, 0.2], None, [1.0]), ["effort.a"])
 
 
 def test_obs_missing_or_bad_lengths_raise() -> None:
@@ -75,6 +91,28 @@ def test_chain_nan_action_holds_and_resets_reference() -> None:
 def test_hold_action_inside_bounds_excluding_zero() -> None:
     chain = SafetyChain(np.array([0.5]), np.array([1.0]))
     np.testing.assert_array_equal(chain.hold(), [0.5])
+
+
+def test_position_hold_holds_the_last_measured_positions_clipped() -> None:
+    obs_names = ["qpos.shoulder", "qpos.elbow", "qvel.shoulder", "qvel.elbow"]
+    index = position_indices(obs_names, ["elbow", "shoulder"])
+    chain = SafetyChain(np.array([-1.0, -1.0]), np.array([1.0, 1.0]), rate_limit=0.1, position_index=index)
+    assert chain.mode is HoldMode.POSITION
+    assert chain.hold() is None  # nothing measured yet: nothing safe to command
+    chain.observe(np.array([0.3, 2.5, 9.0, 9.0]))
+    chain.observe(np.array([np.nan, 0.0, 0.0, 0.0]))  # a bad measurement does not move the hold target
+    np.testing.assert_array_equal(chain.hold(), [1.0, 0.3])  # elbow 2.5 clipped into its bound
+    act, reason = chain.filter(np.array([0.0, 0.0]))  # rate limited from the held positions
+    assert reason is None
+    np.testing.assert_allclose(act, [0.9, 0.2])
+
+
+def test_position_hold_needs_every_commanded_joint_position() -> None:
+    np.testing.assert_array_equal(position_indices(["x", "qvel.a", "a"], ["a"]), [2])
+    with pytest.raises(ValueError, match=r"missing: \['b'\]"):
+        position_indices(["qpos.a", "qvel.b"], ["a", "b"])
+    zero = SafetyChain(np.array([-1.0]), np.array([1.0]))
+    assert zero.mode is HoldMode.ZERO and zero.hold() is not None
 
 
 def _book(horizon: int = 3, batch_size: int = 2) -> EpisodeBook:
