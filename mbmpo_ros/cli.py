@@ -4,6 +4,7 @@
     mbmpo export RUN_DIR|CHECKPOINT -o policy.onnx
     mbmpo launch train --sim [--task T] [--robots N] [--run-dir DIR] [--config FILE] [--steps N]
     mbmpo eval POLICY.onnx --task NAME [--perturb KEY=VALUE ...] [--adapt-steps N] [--episodes N]
+    mbmpo publish RUN_DIR|POLICY.onnx [--task NAME] [--duration S]
 
 Bad input (config, task name, paths) is one line on stderr and exit code 2.
 """
@@ -72,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--episodes", type=_positive_int, default=5, help="evaluation episodes per parameter set")
     ev.add_argument("--seed", type=int, default=0)
     ev.set_defaults(func=_eval)
+    pub = sub.add_parser("publish", help="publish a saved policy, validated, latched on /mbmpo/policy (deploy)")
+    pub.add_argument("source", help="policy.onnx (its inner-step graph beside it) or a run directory")
+    pub.add_argument("--task", help="refuse a policy trained on another task")
+    pub.add_argument("--duration", type=float, default=0.0, metavar="S",
+                     help="stop after S seconds (default: stay up until Ctrl-C, serving controllers that start later)")
+    pub.set_defaults(func=_publish)
     # Listed for --help only: main() hands "launch ..." to the launcher before parsing.
     sub.add_parser("launch", help="start the ROS graph of launch/train.launch.py without a ROS 2 install "
                                   "(mbmpo launch -h)")
@@ -120,6 +127,12 @@ def _eval(args: argparse.Namespace) -> int:
     for k, ret in enumerate(report.returns):
         print(f"  {'theta' if k == 0 else f'after {k} inner step(s)':24s} return {ret:10.2f}")
     return 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from mbmpo_ros.publish import publish_policy
+
+    return publish_policy(args.source, task=args.task, duration_s=args.duration)
 
 
 def _task_for_export(name: str) -> Any:

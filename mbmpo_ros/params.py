@@ -140,7 +140,10 @@ CONTROLLER_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("adapt_steps_max", 3, "inner steps taken online per meta-policy", low=0),
     ParamSpec("revert_margin", 0.0, "back to the meta-policy if the adapted return < its return - this "
               "(absolute); < 0 = never"),
-    ParamSpec("autostart", True, "configure and activate at start; false: call ~/configure and ~/activate"),
+    ParamSpec("policy_file", "", "policy to start with: a policy.onnx (its inner-step graph beside it) or a run "
+              "directory, validated at start; '' = hold until one arrives on /mbmpo/policy"),
+    ParamSpec("autostart", True, "configure and activate at start; false: wait for the lifecycle transitions "
+              "(ros2 lifecycle set <node> configure, then activate)"),
     ParamSpec("ramp_s", 1.0, "on activate, actions ramp from 0 to full over this many seconds", low=0.0),
 )
 

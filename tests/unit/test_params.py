@@ -80,7 +80,8 @@ def test_descriptor_types_and_ranges() -> None:
     assert (rate.floating_point_range[0].from_value, rate.floating_point_range[0].to_value) == (0.0, math.inf)
     assert descriptor(specs["explore"]).type == ParameterType.PARAMETER_BOOL
     warmup = descriptor(specs["warmup_policy"])
-    assert warmup.type == ParameterType.PARAMETER_STRING and warmup.additional_constraints == "one of: hold, random, zero"
+    assert warmup.type == ParameterType.PARAMETER_STRING
+    assert warmup.additional_constraints == "one of: hold, random, zero"
     revert = descriptor(specs["revert_margin"])  # any value has a meaning (< 0 = never): no range
     assert not revert.floating_point_range and revert.additional_constraints == ""
     robots = descriptor({s.name: s for s in LEARNER_PARAMS}["robots"])
