@@ -49,6 +49,15 @@ _CHUNK_RE = re.compile(r"^chunk-(\d{9})\.mbt$")
 
 
 @dataclass(frozen=True)
+class BatchKey:
+    """The name of a batch a robot sent: its robot id, the controller session and the batch number in it."""
+
+    robot: str
+    session: str
+    seq: int
+
+
+@dataclass(frozen=True)
 class FieldSpec:
     """One column of the schema.
 
@@ -78,6 +87,10 @@ SCHEMA: tuple[FieldSpec, ...] = (
     FieldSpec("adapted", "bool", None, False, False),
     FieldSpec("robot", "str", None, False, ""),
     FieldSpec("policy_id", "str", None, False, ""),
+    # Where a batch came from, for exactly-once storage: a controller numbers its batches 0, 1, ... per session
+    # (one run of the node); (robot, session, seq) names a batch across restarts of either side.
+    FieldSpec("session", "str", None, False, ""),
+    FieldSpec("seq", "int", None, False, -1),
 )
 _SPECS = {spec.name: spec for spec in SCHEMA}
 _STORED_DTYPE = {"float": np.dtype("<f8"), "int": np.dtype("<i8"), "bool": np.dtype("|b1")}
@@ -96,27 +109,36 @@ class TransitionStore:
         self.root = Path(root_dir)
         self.obs_dim, self.act_dim = self._open_meta(obs_dim, act_dim)
         # Valid chunks in append order, decoded once: the trainer reads everything every iteration.
-        self._chunks: list[tuple[Path, dict[str, np.ndarray]]] = []
+        self._chunks: list[tuple[int, dict[str, np.ndarray]]] = []
+        self.corrupt: list[Path] = []  # chunks skipped by the last refresh()
         self._next_index = 0
         self.refresh()
 
     # ------------------------------------------------------------- metadata
     def _open_meta(self, obs_dim: int | None, act_dim: int | None) -> tuple[int, int]:
         meta_path = self.root / _META_NAME
+        if self.root.exists() and not self.root.is_dir():
+            raise ValueError(f"{self.root} is not a directory")
         if not meta_path.exists():
             if obs_dim is None or act_dim is None:
                 raise ValueError(f"{self.root} is not a transition store; pass obs_dim and act_dim to create one")
             if obs_dim <= 0 or act_dim <= 0:
                 raise ValueError(f"obs_dim and act_dim must be positive, got {obs_dim}, {act_dim}")
             self.root.mkdir(parents=True, exist_ok=True)
-            meta = {"format": _META_FORMAT, "version": _VERSION, "obs_dim": int(obs_dim), "act_dim": int(act_dim)}
-            _atomic_write(meta_path, json.dumps(meta).encode())
+            fresh = {"format": _META_FORMAT, "version": _VERSION, "obs_dim": int(obs_dim), "act_dim": int(act_dim)}
+            _atomic_write(meta_path, json.dumps(fresh).encode())
             return int(obs_dim), int(act_dim)
         try:
             meta = json.loads(meta_path.read_text())
+            if not isinstance(meta, dict):
+                raise TypeError(f"a JSON {type(meta).__name__}, not an object")
             stored = int(meta["obs_dim"]), int(meta["act_dim"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"unreadable store metadata {meta_path}: {exc}") from exc
+        except (ValueError, KeyError, TypeError, OSError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ValueError(f"{meta_path}: unreadable store metadata ({reason}); restore it or move the "
+                             "directory away") from None
+        if meta.get("format", _META_FORMAT) != _META_FORMAT or min(stored) <= 0:
+            raise ValueError(f"{meta_path}: not the metadata of a transition store")
         for name, given, have in (("obs_dim", obs_dim, stored[0]), ("act_dim", act_dim, stored[1])):
             if given is not None and int(given) != have:
                 raise ValueError(f"{name} mismatch: store at {self.root} has {name}={have}, got {given}")
@@ -127,11 +149,13 @@ class TransitionStore:
         found = sorted(
             (int(m.group(1)), p) for p in self.root.iterdir() if (m := _CHUNK_RE.match(p.name)) is not None
         )
-        self._chunks = []
-        for _, path in found:
+        self._chunks, self.corrupt = [], []
+        for index, path in found:
             batch = self._read_chunk(path)
-            if batch is not None:
-                self._chunks.append((path, batch))
+            if batch is None:
+                self.corrupt.append(path)
+            else:
+                self._chunks.append((index, batch))
         # Never reuse an index, not even a corrupt chunk's: it stays inspectable.
         self._next_index = found[-1][0] + 1 if found else 0
 
@@ -141,7 +165,8 @@ class TransitionStore:
 
         ``batch``: ``obs, next_obs: [N, obs_dim]``, ``act: [N, act_dim]``,
         ``reward: [N]``, ``done: [N] bool``; optional ``episode, step: [N] int``,
-        ``adapted: [N] bool``, ``robot, policy_id: str``. Raises ``ValueError``
+        ``adapted: [N] bool``, ``robot, policy_id, session: str``, ``seq: [N] int`` (one value: the batch's
+        number in its session, see :class:`BatchKey`). Raises ``ValueError``
         naming the offending field (and writes nothing) on unknown/missing
         fields, wrong shapes or N, non-numeric dtypes, NaN/inf.
         """
@@ -149,8 +174,8 @@ class TransitionStore:
         data = _encode_chunk(arrays, strings, self.obs_dim, self.act_dim)
         path = self.root / f"chunk-{self._next_index:09d}.mbt"
         _atomic_write(path, data)
+        self._chunks.append((self._next_index, _decode_chunk(data, self.obs_dim, self.act_dim)))
         self._next_index += 1
-        self._chunks.append((path, _decode_chunk(data, self.obs_dim, self.act_dim)))
         return path
 
     # ----------------------------------------------------------------- read
@@ -161,6 +186,22 @@ class TransitionStore:
     @property
     def num_batches(self) -> int:
         return len(self._chunks)
+
+    @property
+    def last_chunk(self) -> int:
+        """Index of the newest chunk file, valid or corrupt (-1 if none): what a checkpoint records it covers."""
+        return self._next_index - 1
+
+    def transitions_through(self, chunk: int) -> int:
+        """Transitions in the valid chunks with index <= ``chunk``."""
+        return sum(len(batch["obs"]) for index, batch in self._chunks if index <= chunk)
+
+    def batch_keys(self) -> Iterator[BatchKey]:
+        """The :class:`BatchKey` of every valid chunk that has one (``seq`` >= 0), in append order."""
+        for _, batch in self._chunks:
+            seq = int(batch["seq"][0])
+            if seq >= 0:
+                yield BatchKey(str(batch["robot"][0]), str(batch["session"][0]), seq)
 
     def iter_batches(self) -> Iterator[dict[str, np.ndarray]]:
         """Yield each valid chunk in append order, every schema field filled (see :meth:`load_all`); read-only."""

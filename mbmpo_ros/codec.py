@@ -5,17 +5,32 @@ used, wrapped in versioned layouts. The core of the module packs numpy arrays in
 and back (no per-element Python loops); message classes are imported lazily inside the ``encode_*`` /
 ``arrays_to_*`` functions, so decoding logic can be unit-tested with any object that has the same fields.
 
-Transition batches (``<ns>/mbmpo/transitions``, ``std_msgs/Float64MultiArray``), codec version 1::
+Transition batches (``<ns>/mbmpo/transitions``, ``std_msgs/Float64MultiArray``), codec version 2::
 
-    layout.dim[0]  label "codec=1"              size 0  stride 0   (always first, in every version)
+    layout.dim[0]  label "codec=2"              size 0  stride 0   (always first, in every version)
     layout.dim[1]  label "robot=<id>"           size 0  stride 0
-    layout.dim[2]  label "policy_id=<id>"       size 0  stride 0
-    layout.dim[3:] label <column>               size N  stride <row width>
+    layout.dim[2]  label "session=<id>"         size 0  stride 0   (one run of the controller; version 2)
+    layout.dim[3]  label "policy_id=<id>"       size 0  stride 0
+    layout.dim[4:] label <column>               size N  stride <row width>
                    columns in this order: obs (obs_dim), act (act_dim), next_obs (obs_dim), reward (1),
                    done (1), step (1), episode (1), adapted (1)
     layout.data_offset = 4
     data[0:4]      seq, first episode, first step, flags (bit 0: any row adapted; other bits reserved = 0)
     data[4:]       the columns, row-major, concatenated in dim order
+
+``seq`` counts a controller's batches from 0 in each session, so (robot, session, seq) names a batch for good:
+the learner stores each once, whatever is sent again.
+
+Acknowledgements (``<ns>/mbmpo/transitions_ack``, ``std_msgs/Int64MultiArray``, latched), codec version 1: what
+the learner has persisted of one robot's session::
+
+    layout.dim[0]  label "codec=1"
+    layout.dim[1]  label "robot=<id>"
+    layout.dim[2]  label "session=<id>"
+    layout.dim[3]  label "learner=<id>"         (one run of the learner: a new id means "send again what I lack")
+    data[0]        the highest stored seq of the session
+    data[1:]       the seqs below it not stored, ascending (ACK_MAX_MISSING at most: with more, the learner
+                   acknowledges less, up to the first seq it cannot list)
 
 Why ``Float64MultiArray`` and not a byte array: CDR serializes float64 sequences with their byte order
 stated on the wire, so heterogeneous hosts need no endianness convention of ours; observations and actions
@@ -42,6 +57,8 @@ from __future__ import annotations
 import array
 import hashlib
 import re
+import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -51,12 +68,15 @@ import numpy as np
 
 from mbmpo_core.bundle import PolicyBundle, PolicyValidationError, is_plain_file_name
 
-TRANSITIONS_CODEC_VERSION = 1
+TRANSITIONS_CODEC_VERSION = 2  # 2: the session label
 POLICY_CODEC_VERSION = 1
+ACK_CODEC_VERSION = 1
+ACK_MAX_MISSING = 256  # missing seqs an ack lists at most (the newest): one ack stays a few kB
 
 # Order of the per-row columns on the wire; widths are resolved by _column_widths().
 TRANSITION_COLUMNS: tuple[str, ...] = ("obs", "act", "next_obs", "reward", "done", "step", "episode", "adapted")
-_HEADER_LABELS = ("codec", "robot", "policy_id")
+_HEADER_LABELS = ("codec", "robot", "session", "policy_id")
+_ACK_LABELS = ("codec", "robot", "session", "learner")
 _DATA_HEADER_LEN = 4  # seq, first episode, first step, flags
 _FLAG_ADAPTED = 1
 _MAX_EXACT_INT = 2**53  # float64 holds every integer up to this exactly
@@ -74,8 +94,8 @@ class TransitionBatch:
     """A batch of transitions of one robot, as numpy arrays, plus the metadata the wire carries.
 
     Shapes: ``obs, next_obs: [N, obs_dim]``, ``act: [N, act_dim]`` (float64), ``reward: [N]`` float64,
-    ``done, adapted: [N]`` bool, ``step, episode: [N]`` int64. ``seq`` is the per-robot batch sequence
-    number (monotonically increasing by one per published batch).
+    ``done, adapted: [N]`` bool, ``step, episode: [N]`` int64. ``seq`` is the batch's number in the
+    controller's ``session`` (0, 1, ... per session, one per published batch).
     """
 
     obs: np.ndarray
@@ -89,6 +109,7 @@ class TransitionBatch:
     robot: str = ""
     policy_id: str = ""
     seq: int = 0
+    session: str = ""
     codec_version: int = field(default=TRANSITIONS_CODEC_VERSION)
 
     @property
@@ -109,7 +130,8 @@ class TransitionBatch:
     def to_store_dict(self) -> dict[str, Any]:
         """The batch as ``mbmpo_core.store.TransitionStore.append`` expects it."""
         cols = {name: getattr(self, name) for name in TRANSITION_COLUMNS}
-        return {**cols, "robot": self.robot, "policy_id": self.policy_id}
+        return {**cols, "robot": self.robot, "policy_id": self.policy_id, "session": self.session,
+                "seq": np.full(self.n, self.seq, dtype=np.int64)}
 
 
 def _check_id(kind: str, value: str) -> None:
@@ -151,6 +173,7 @@ def encode_transitions(batch: TransitionBatch) -> Any:
         raise CodecError(f"obs and act must be non-empty [N, dim] arrays, got {obs.shape} and {act.shape}")
     n, widths = obs.shape[0], _column_widths(obs.shape[1], act.shape[1])
     _check_id("robot", batch.robot)
+    _check_id("session", batch.session)
     _check_id("policy_id", batch.policy_id)
     if not 0 <= batch.seq < _MAX_EXACT_INT:
         raise CodecError(f"seq {batch.seq} out of range [0, 2**53)")
@@ -165,6 +188,7 @@ def encode_transitions(batch: TransitionBatch) -> Any:
     msg = Float64MultiArray()
     dims = [MultiArrayDimension(label=f"codec={TRANSITIONS_CODEC_VERSION}")]
     dims.append(MultiArrayDimension(label=f"robot={batch.robot}"))
+    dims.append(MultiArrayDimension(label=f"session={batch.session}"))
     dims.append(MultiArrayDimension(label=f"policy_id={batch.policy_id}"))
     dims += [MultiArrayDimension(label=name, size=n, stride=widths[name]) for name in TRANSITION_COLUMNS]
     msg.layout.dim = dims
@@ -275,7 +299,7 @@ def decode_transitions(
     cols = _split_columns(data[_DATA_HEADER_LEN:], n, widths)
     seq, episode0, step0, flags = (int(v) for v in _exact_ints(data[:_DATA_HEADER_LEN], "header"))
     batch = TransitionBatch(**cols, robot=labels["robot"], policy_id=labels["policy_id"], seq=seq,
-                            codec_version=version)
+                            session=labels["session"], codec_version=version)
     _check_header(batch, seq, episode0, step0, flags)
     return batch
 
@@ -309,7 +333,71 @@ def _check_header(batch: TransitionBatch, seq: int, episode0: int, step0: int, f
     if bool(flags & _FLAG_ADAPTED) != bool(batch.adapted.any()):
         raise CodecError("header adapted flag disagrees with the adapted column")
     _check_id("robot", batch.robot)
+    _check_id("session", batch.session)
     _check_id("policy_id", batch.policy_id)
+
+
+def new_session_id() -> str:
+    """A fresh session (or learner run) id: the start time, readable, and 24 random bits against collisions."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+
+# ------------------------------------------------------------------------------------------ acknowledgements
+@dataclass(frozen=True)
+class Ack:
+    """What a learner has persisted of one robot's session: every seq <= ``highest`` except ``missing``
+    (ascending). ``learner`` names the learner's run: a new one has lost what was in flight to the last."""
+
+    robot: str
+    session: str
+    learner: str
+    highest: int
+    missing: tuple[int, ...] = ()
+
+    def stored(self, seq: int) -> bool:
+        """True if the learner has persisted batch ``seq``."""
+        return seq <= self.highest and seq not in self.missing
+
+
+def encode_ack(ack: Ack) -> Any:
+    """An :class:`Ack` as a ``std_msgs/Int64MultiArray`` (layout in the module docstring). CodecError for more
+    than ACK_MAX_MISSING missing seqs: the sender states less instead (a lower ``highest``), never something false."""
+    from std_msgs.msg import Int64MultiArray, MultiArrayDimension
+
+    for kind, value in (("robot", ack.robot), ("session", ack.session), ("learner", ack.learner)):
+        _check_id(kind, value)
+    if not 0 <= ack.highest < _MAX_EXACT_INT:
+        raise CodecError(f"ack seq {ack.highest} out of range [0, 2**53)")
+    if len(ack.missing) > ACK_MAX_MISSING:
+        raise CodecError(f"ack lists {len(ack.missing)} missing seqs, at most {ACK_MAX_MISSING} travel")
+    msg = Int64MultiArray()
+    msg.layout.dim = [MultiArrayDimension(label=f"codec={ACK_CODEC_VERSION}"),
+                      MultiArrayDimension(label=f"robot={ack.robot}"),
+                      MultiArrayDimension(label=f"session={ack.session}"),
+                      MultiArrayDimension(label=f"learner={ack.learner}")]
+    msg.data = array.array("q", [ack.highest, *sorted(ack.missing)])
+    return msg
+
+
+def decode_ack(msg: Any) -> Ack:
+    """An ack message back as an :class:`Ack`; CodecError (one line) unless the labels, the version and the seqs
+    (``0 <= missing < highest``, ascending, at most ACK_MAX_MISSING) check out."""
+    labels = _parse_labels(list(msg.layout.dim), _ACK_LABELS)
+    _check_version(labels, ACK_CODEC_VERSION)
+    for kind in ("robot", "session", "learner"):
+        _check_id(kind, labels[kind])
+    try:
+        data = np.asarray(msg.data, dtype=np.int64)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise CodecError("ack data is not an int64 sequence") from exc
+    if data.ndim != 1 or not 1 <= data.shape[0] <= 1 + ACK_MAX_MISSING:
+        raise CodecError(f"ack has {data.size} values, expected 1 to {1 + ACK_MAX_MISSING}")
+    highest, missing = int(data[0]), data[1:]
+    if not 0 <= highest < _MAX_EXACT_INT:
+        raise CodecError(f"ack seq {highest} out of range [0, 2**53)")
+    if missing.size and (missing[0] < 0 or missing[-1] >= highest or np.any(np.diff(missing) <= 0)):
+        raise CodecError("ack missing seqs must ascend, each in [0, highest)")
+    return Ack(labels["robot"], labels["session"], labels["learner"], highest, tuple(int(m) for m in missing))
 
 
 # ------------------------------------------------------------------------------------------ sequence

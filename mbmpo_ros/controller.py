@@ -23,14 +23,19 @@ start, up to ``adapt_steps_max`` steps, reverting to ``theta`` if the adapted re
 (the PG step needs the raw SAMPLED actions; with ``explore: false`` adaptation is off). Transitions keep
 theta's policy id and set ``adapted`` on rows run by adapted parameters.
 
-Lifecycle: plain ``std_srvs/Trigger`` services on this node rather than ``rclpy.lifecycle.LifecycleNode``
-(its managed publishers and the launch-side transition events would touch every publisher and launch file
-for little gain; the three services below are all a supervisor needs): ``~/configure`` (unconfigured ->
-inactive: warms up the onnxruntime session of the received policy), ``~/activate`` (inactive -> active:
-actions are scaled from 0 to 1 over ``ramp_s`` seconds), ``~/deactivate`` (active -> inactive: every fresh
-state gets the hold action, reason ``inactive``; no transitions are recorded). Unconfigured, the node
-publishes nothing. ``autostart`` (default true) configures and activates at start, so the sim-only launch
-needs no service calls. Policies are received and validated in every state.
+Lifecycle: a managed node (``rclpy.lifecycle``), so ``ros2 lifecycle set <node> configure|activate|deactivate|
+cleanup|shutdown`` and launch's lifecycle events drive it: ``configure`` (unconfigured -> inactive: warms up the
+onnxruntime session of the received policy), ``activate`` (inactive -> active: actions are scaled from 0 to 1
+over ``ramp_s`` seconds), ``deactivate`` (active -> inactive: every fresh state gets the hold action, reason
+``inactive``; no transitions are recorded), ``cleanup`` (inactive -> unconfigured), ``shutdown`` (-> finalized).
+Unconfigured or finalized, the node publishes no command. ``autostart`` configures and activates at start (the
+sim-only launch needs no transition calls). Policies are received and validated in every state. The command
+publisher is a plain one, not a lifecycle publisher: an inactive controller must still command the hold.
+
+Safe by default on a robot (``config/controller.yaml``): until a validated policy arrives the controller holds
+(``warmup_policy: hold``; hold mode ``hold_mode``: zero or the measured positions), and with no learner
+configured (``learner: false``) transition batches go only to whoever subscribes at that moment, none kept.
+Training (train.launch.py) sets ``learner: true`` and, on simulated robots, ``warmup_policy: random``.
 """
 
 from __future__ import annotations
@@ -46,19 +51,36 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.executors import SingleThreadedExecutor
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Bool, Float64MultiArray, UInt8MultiArray
+from std_msgs.msg import Bool, Float64MultiArray, Int64MultiArray, UInt8MultiArray
 from std_srvs.srv import Trigger
 
 from mbmpo_core.onnx_runtime import OnnxPolicy, validate_bundle
 from mbmpo_core.registry import make_task
 from mbmpo_ros.adaptation import AdaptJob, AdaptResult, OnlineAdapter
-from mbmpo_ros.codec import CodecError, TransitionBatch, decode_policy, encode_command, encode_transitions
+from mbmpo_ros.codec import (
+    CodecError,
+    TransitionBatch,
+    decode_ack,
+    decode_policy,
+    encode_command,
+    encode_transitions,
+    new_session_id,
+)
 from mbmpo_ros.outbox import Outbox
 from mbmpo_ros.params import CONTROLLER_PARAMS, declare_parameters
-from mbmpo_ros.qos import COMMAND_QOS, DIAGNOSTICS_QOS, POLICY_QOS, STATE_QOS, TRANSITIONS_QOS
-from mbmpo_ros.safety import EpisodeBook, HoldReason, SafetyChain, hold_reason, obs_from_joint_state
+from mbmpo_ros.publish import read_saved_policy
+from mbmpo_ros.qos import ACK_QOS, COMMAND_QOS, DIAGNOSTICS_QOS, POLICY_QOS, STATE_QOS, TRANSITIONS_QOS
+from mbmpo_ros.safety import (
+    EpisodeBook,
+    HoldMode,
+    HoldReason,
+    SafetyChain,
+    hold_reason,
+    obs_from_joint_state,
+    position_indices,
+)
 from mbmpo_ros.spin import run_node
 
 
@@ -76,9 +98,10 @@ class Lifecycle(str, enum.Enum):
     UNCONFIGURED = "unconfigured"
     INACTIVE = "inactive"
     ACTIVE = "active"
+    FINALIZED = "finalized"
 
 
-class Controller(Node):
+class Controller(LifecycleNode):
     """The on-robot controller node (see module docstring)."""
 
     def __init__(self, node_name: str = "controller", **kwargs: Any) -> None:
@@ -93,12 +116,17 @@ class Controller(Node):
         self.reset_timeout_s = float(p["reset_timeout_s"])
         ns = self.get_namespace().strip("/")
         self.robot_id = str(p["robot_id"]) or ns or "robot"
+        self.session = new_session_id()  # this run's batches are seq 0, 1, ... of this session
         self.rng = np.random.default_rng(int(p["seed"]))
         self.safety = SafetyChain(self.task.action_low, self.task.action_high,
-                                  rate_limit=float(p["action_rate_limit"]), obs_clip=float(p["obs_clip"]))
+                                  rate_limit=float(p["action_rate_limit"]), obs_clip=float(p["obs_clip"]),
+                                  position_index=self._hold_positions(str(p["hold_mode"])))
         self.book = EpisodeBook(self.task.horizon, self.task.reward, self.task.done, int(p["batch_size"]),
-                                robot=self.robot_id)
-        self.outbox: Outbox[TransitionBatch] = Outbox(int(p["outbox_batches"]))
+                                robot=self.robot_id, session=self.session)
+        self.outbox: Outbox[TransitionBatch] = Outbox(int(p["outbox_batches"]), seq_of=lambda batch: batch.seq)
+        self.rejected_acks = 0
+        self.learner_configured = bool(p["learner"])
+        self.batches_discarded = 0  # made with no learner configured and nobody subscribed
         self.adapt_enabled = bool(p["adapt"])
         margin = float(p["revert_margin"])
         self.adapter = OnlineAdapter(int(p["adapt_episodes"]), int(p["adapt_steps_max"]),
@@ -112,8 +140,8 @@ class Controller(Node):
         self.action_scale = 0.0
         self._active_since = 0.0
         self.policy: OnnxPolicy | None = None
-        self.policy_id = f"warmup-{self.warmup}"
-        self._next_policy: OnnxPolicy | None = None
+        self.policy_id = "" if self.warmup == "hold" else f"warmup-{self.warmup}"
+        self._next_policy: OnnxPolicy | None = self._saved_policy(str(p["policy_file"]))  # swapped in at tick 1
         self.rejected_policies = 0
         self.hold_counts: collections.Counter[str] = collections.Counter()
         self.estop = False
@@ -129,14 +157,12 @@ class Controller(Node):
         self.create_subscription(JointState, "joint_states", self._on_state, STATE_QOS)
         self.create_subscription(Bool, "estop", self._on_estop, COMMAND_QOS)
         self.create_subscription(UInt8MultiArray, "/mbmpo/policy", self._on_policy, POLICY_QOS)
+        self._subscribe_acks()
         self._reset_client: Any = self.create_client(Trigger, "reset")
-        self.create_service(Trigger, "~/configure", self._srv_configure)
-        self.create_service(Trigger, "~/activate", self._srv_activate)
-        self.create_service(Trigger, "~/deactivate", self._srv_deactivate)
         self._started = time.monotonic()
         if bool(p["autostart"]):
-            self.configure()
-            self.activate()
+            self.trigger_configure()
+            self.trigger_activate()
         self.create_timer(1.0 / self.rate_hz, self._tick)
         self.create_timer(1.0, self._publish_diagnostics)
 
@@ -147,6 +173,8 @@ class Controller(Node):
         except CodecError as exc:
             self.get_logger().warning(f"unusable joint_states: {exc}", throttle_duration_sec=5.0)
             obs = None
+        if obs is not None:
+            self.safety.observe(obs)  # a position hold holds the last finite measured positions
         stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
         self._state = (stamp, obs, time.monotonic())
 
@@ -155,6 +183,15 @@ class Controller(Node):
 
     def _on_policy(self, msg: UInt8MultiArray) -> None:
         self._policy_pool.submit(self._validate_policy, msg)
+
+    def _saved_policy(self, source: str) -> OnnxPolicy | None:
+        """The ``policy_file`` to start with (a policy.onnx or a run directory), validated against the task;
+        None if none is set. A policy that must not run is a one-line ``ValueError`` (the node exits 2)."""
+        if not source:
+            return None
+        bundle, policy = read_saved_policy(source, self.task.name, self.task.obs_names, self.task.joint_names)
+        self.get_logger().info(f"policy {bundle.policy_id[:12]} from {source} validated")
+        return policy
 
     def _validate_policy(self, msg: UInt8MultiArray) -> None:
         """Worker thread: decode, validate and load a received policy, all in memory; the tick swaps it in."""
@@ -172,7 +209,7 @@ class Controller(Node):
     # ---------------------------------------------------------------------------------------- tick
     def _tick(self) -> None:
         if len(self.outbox):  # a backlog goes out whenever a learner is there, also while the robot waits
-            self.outbox.flush(self._send_batch, self._tr_pub.get_subscription_count())
+            self._flush_outbox()
         if self._next_policy is not None:
             self.policy, self._next_policy = self._next_policy, None
             self.policy_id = self.policy.policy_id
@@ -181,7 +218,7 @@ class Controller(Node):
             if time.monotonic() > self._reset_deadline:
                 self._retry_reset()
             return
-        if self.lifecycle is Lifecycle.UNCONFIGURED:
+        if self.lifecycle in (Lifecycle.UNCONFIGURED, Lifecycle.FINALIZED):
             return
         state = self._state
         fresh = state is not None and state[0] != self._used_stamp
@@ -196,16 +233,18 @@ class Controller(Node):
         reason = hold_reason(self.estop, stale and not fresh, obs)
         if reason is None and self.lifecycle is not Lifecycle.ACTIVE:
             reason = HoldReason.INACTIVE
+        if reason is None and self.policy is None and self.warmup == "hold":
+            reason = HoldReason.NO_POLICY  # a deployed robot waits for a validated policy
         if reason is not None:
             self._hold(reason)
             return
         assert obs is not None
         if self._close_transition(obs):
-            self._publish_batches()
+            self._hand_over_batches()
             self._request_reset()
             return
         self._act(obs)
-        self._publish_batches()
+        self._hand_over_batches()
 
     def _close_transition(self, obs: np.ndarray) -> bool:
         """Close the open transition (book and adapter); True if the episode ended."""
@@ -221,8 +260,8 @@ class Controller(Node):
         raw = self._raw_action(obs, params)
         scale = self._ramp_scale()
         action, reason = self.safety.filter(raw * scale)
-        if reason is not None:
-            self._hold(reason)
+        if reason is not None or action is None:
+            self._hold(reason or HoldReason.BAD_ACTION)
             return
         self._cmd_pub.publish(encode_command(action))
         if self.policy is not None and self.explore and scale >= 1.0:
@@ -248,11 +287,34 @@ class Controller(Node):
             return np.zeros(self.task.act_dim)
         return self.rng.uniform(self.task.action_low, self.task.action_high)
 
+    def _hold_positions(self, mode: str) -> np.ndarray | None:
+        """Obs index of each commanded joint's position for ``hold_mode: position``; None for ``zero``."""
+        if HoldMode(mode) is HoldMode.ZERO:
+            return None
+        return position_indices(self.task.obs_names, self.task.joint_names)
+
     def _hold(self, reason: HoldReason) -> None:
         self.hold_counts[reason.value] += 1
         self.book.drop_pending()
         self.adapter.drop()
-        self._cmd_pub.publish(encode_command(self.safety.hold()))
+        action = self.safety.hold()
+        if action is not None:  # a position hold before any measured position commands nothing
+            self._cmd_pub.publish(encode_command(action))
+
+    def _hand_over_batches(self) -> None:
+        """The book's finished batches: to the learner's outbox where one is configured (``learner``); on a
+        robot without one, to whoever subscribes right now (e.g. ``ros2 bag record``), never kept."""
+        if self.learner_configured:
+            self._publish_batches()
+            return
+        batches = self.book.take_batches()
+        if not batches:
+            return
+        if self._tr_pub.get_subscription_count() == 0:
+            self.batches_discarded += len(batches)
+            return
+        for batch in batches:
+            self._tr_pub.publish(encode_transitions(batch))
 
     def _publish_batches(self) -> None:
         """Queue the book's new batches; send the queue in order while a learner subscribes (see outbox)."""
@@ -260,7 +322,26 @@ class Controller(Node):
             self.get_logger().warning(
                 f"no learner for {len(self.outbox)} batches: dropped the oldest ({self.outbox.dropped} so far); "
                 "raise outbox_batches to keep more", throttle_duration_sec=10.0)
-        self.outbox.flush(self._send_batch, self._tr_pub.get_subscription_count())
+        self._flush_outbox()
+
+    def _flush_outbox(self) -> None:
+        self.outbox.flush(self._send_batch, self._tr_pub.get_subscription_count(), time.monotonic())
+
+    def _subscribe_acks(self) -> None:
+        """The learner's latched account of what it stored of this robot (``mbmpo/transitions_ack``)."""
+        self.create_subscription(Int64MultiArray, "mbmpo/transitions_ack", self._on_ack, ACK_QOS)
+
+    def _on_ack(self, msg: Int64MultiArray) -> None:
+        """Release the batches the learner has stored; queue again those it lost (see :mod:`mbmpo_ros.outbox`)."""
+        try:
+            ack = decode_ack(msg)
+        except CodecError as exc:
+            self.rejected_acks += 1
+            self.get_logger().warning(f"unusable transitions ack ({self.rejected_acks} so far): {exc}",
+                                      throttle_duration_sec=10.0)
+            return
+        if (ack.robot, ack.session) == (self.robot_id, self.session):  # else: of another robot or an earlier run
+            self.outbox.acknowledge(ack)
 
     def _send_batch(self, batch: TransitionBatch) -> None:
         try:
@@ -285,42 +366,41 @@ class Controller(Node):
         future.add_done_callback(done)
 
     # ---------------------------------------------------------------------------------------- lifecycle
-    def configure(self) -> tuple[bool, str]:
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """unconfigured -> inactive: warm up the received policy (first onnxruntime runs are slow)."""
-        if self.lifecycle is not Lifecycle.UNCONFIGURED:
-            return False, f"cannot configure from {self.lifecycle.value}"
         for policy in (self._next_policy, self.policy):
             if policy is not None:
                 policy.act(np.zeros(self.task.obs_dim))
         self.lifecycle = Lifecycle.INACTIVE
-        return True, "inactive"
+        return super().on_configure(state)
 
-    def activate(self) -> tuple[bool, str]:
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """inactive -> active: actions ramp in from zero over ``ramp_s``."""
-        if self.lifecycle is not Lifecycle.INACTIVE:
-            return False, f"cannot activate from {self.lifecycle.value}"
         self._active_since = time.monotonic()
         self.lifecycle = Lifecycle.ACTIVE
-        return True, "active"
+        return super().on_activate(state)
 
-    def deactivate(self) -> tuple[bool, str]:
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """active -> inactive: hold."""
-        if self.lifecycle is not Lifecycle.ACTIVE:
-            return False, f"cannot deactivate from {self.lifecycle.value}"
         self.lifecycle = Lifecycle.INACTIVE
-        return True, "inactive"
+        return super().on_deactivate(state)
 
-    def _srv_configure(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        response.success, response.message = self.configure()
-        return response
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """inactive -> unconfigured: no commands; the open transition is not trusted data any more."""
+        self.lifecycle = Lifecycle.UNCONFIGURED
+        self.book.drop_pending()
+        return super().on_cleanup(state)
 
-    def _srv_activate(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        response.success, response.message = self.activate()
-        return response
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """any state -> finalized: no commands from now on (the node waits to be destroyed)."""
+        self.lifecycle = Lifecycle.FINALIZED
+        self.book.drop_pending()
+        return super().on_shutdown(state)
 
-    def _srv_deactivate(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        response.success, response.message = self.deactivate()
-        return response
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """A failed transition callback: back to unconfigured (no commands)."""
+        self.lifecycle = Lifecycle.UNCONFIGURED
+        return TransitionCallbackReturn.SUCCESS
 
     # ---------------------------------------------------------------------------------------- episodes
     def _request_reset(self) -> None:
@@ -353,7 +433,7 @@ class Controller(Node):
             f"episode {self.book.episodes_done} return {self.book.last_return:.4g} policy {self.policy_id[:12]}",
             throttle_duration_sec=10.0,
         )
-        self._publish_batches()
+        self._hand_over_batches()
         self._resetting = False
 
     # ---------------------------------------------------------------------------------------- diagnostics
@@ -366,6 +446,8 @@ class Controller(Node):
             "rejected_policies": str(self.rejected_policies), "reset_timeouts": str(self.reset_timeouts),
             "batches_made": str(self.book.seq), "batches_sent": str(self.outbox.sent),
             "batches_waiting_for_learner": str(len(self.outbox)), "batches_dropped": str(self.outbox.dropped),
+            **self._delivery_diagnostics(),
+            "batches_discarded": str(self.batches_discarded), "hold_mode": self.safety.mode.value,
             "estop": str(self.estop),
             "lifecycle": self.lifecycle.value, "action_scale": f"{self.action_scale:.3g}",
             **self.adapter.summary(),
@@ -373,13 +455,24 @@ class Controller(Node):
         values.update({f"hold.{r.value}": str(self.hold_counts[r.value]) for r in HoldReason})
         return values
 
+    def _delivery_diagnostics(self) -> dict[str, str]:
+        """At-least-once delivery to the learner: what it acknowledged, what was sent again."""
+        last = self.outbox.last_ack
+        return {"session": self.session, "batches_unacknowledged": str(len(self.outbox)),
+                "batches_acknowledged": str(self.outbox.acked), "batches_resent": str(self.outbox.resent),
+                "last_acknowledged_seq": "" if last is None else str(last.highest),
+                "rejected_acks": str(self.rejected_acks)}
+
     def _holding(self) -> bool:
         stale = self._state is not None and time.monotonic() - self._state[2] > self.state_timeout_s
-        return self.lifecycle is not Lifecycle.ACTIVE or self.estop or stale
+        no_policy = self.policy is None and self.warmup == "hold"
+        return self.lifecycle is not Lifecycle.ACTIVE or self.estop or stale or no_policy
 
     def diagnostics_message(self) -> str:
         """The one-line status on /diagnostics."""
         message = "holding" if self._holding() else "running"
+        if self.policy is None and self.warmup == "hold":
+            message = "holding: no policy yet"
         if len(self.outbox):
             message += f"; {len(self.outbox)} transition batches wait for a learner"
         return message

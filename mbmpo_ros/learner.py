@@ -47,7 +47,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
-from std_msgs.msg import Float64MultiArray, UInt8MultiArray
+from std_msgs.msg import Float64MultiArray, Int64MultiArray, UInt8MultiArray
 
 from mbmpo_core.checkpoint import checkpoint_path, read_checkpoint, write_checkpoint
 from mbmpo_core.config import Config, load_config, save_config
@@ -57,9 +57,9 @@ from mbmpo_core.registry import make_task
 from mbmpo_core.report import ProgressLog
 from mbmpo_core.store import TransitionStore
 from mbmpo_core.task import TaskSpec
-from mbmpo_ros.codec import encode_policy
+from mbmpo_ros.codec import CodecError, encode_ack, encode_policy, new_session_id
 from mbmpo_ros.ingest import Ingest, IngestResult
-from mbmpo_ros.qos import DIAGNOSTICS_QOS, POLICY_QOS, TRANSITIONS_QOS
+from mbmpo_ros.qos import ACK_QOS, DIAGNOSTICS_QOS, POLICY_QOS, TRANSITIONS_QOS
 from mbmpo_ros.spin import shut_down_meanwhile
 
 POLICY_TOPIC = "/mbmpo/policy"
@@ -85,6 +85,11 @@ def transitions_topic(namespace: str) -> str:
     """Absolute transitions topic of a robot namespace (``robot_0`` -> ``/robot_0/mbmpo/transitions``)."""
     ns = "/" + namespace.strip("/")
     return (ns if ns != "/" else "") + "/mbmpo/transitions"
+
+
+def ack_topic(namespace: str) -> str:
+    """Absolute acknowledgement topic of a robot namespace (``/robot_0/mbmpo/transitions_ack``)."""
+    return transitions_topic(namespace) + "_ack"
 
 
 @dataclass(frozen=True)
@@ -126,7 +131,8 @@ class Learner(Node):
         self.run_dir = self._run_dir()
         self.resume = bool(self._param("resume"))
         self.task: TaskSpec = make_task(self.config.task, horizon=self.config.loop.horizon)
-        self.ingest = Ingest(self._open_store(), self.task.obs_dim, self.task.act_dim)
+        self.learner_id = new_session_id()  # in every ack: controllers resend what a new learner lacks
+        self.ingest = Ingest(self._open_store(), self.task.obs_dim, self.task.act_dim, learner_id=self.learner_id)
         self.meta_learner = MetaLearner(self.config, self.task)
         self.progress = ProgressLog(self.run_dir)
         save_config(self.config, self.run_dir / "config.yaml")
@@ -142,6 +148,8 @@ class Learner(Node):
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", DIAGNOSTICS_QOS)
         self.robots = [str(r) for r in self._param("robots")]
         self._subs = [self._subscribe(robot) for robot in self.robots]
+        self._ack_pubs: dict[str, Any] = {}
+        self._acknowledge_stored()
         self._diag_timer = self.create_timer(1.0, self.publish_diagnostics)
         if self.resume:
             self.status.update(policy_id=self.publish_latest())
@@ -223,8 +231,31 @@ class Learner(Node):
         return self.status.get().trained_on
 
     # ----------------------------------------------------------------- ingest
+    def _acknowledge_stored(self) -> None:
+        """One latched ack publisher per robot, each publishing what the store already holds of the robot's newest
+        session (a controller that outlived the last learner resends the rest); gaps in the store are reported."""
+        for (robot, session), missing in sorted(self.ingest.holes().items()):
+            self.get_logger().warning(f"{robot} (session {session}): {missing} batches missing from the store; "
+                                      "the controller sends them again if it still has them")
+        for robot in self.robots:
+            self._ack_pubs[robot] = self.create_publisher(Int64MultiArray, ack_topic(robot), ACK_QOS)
+            self._publish_ack(robot, robot, self.ingest.ledger.newest.get(robot))
+
+    def _publish_ack(self, robot: str, sender: str, session: str | None) -> None:
+        """Publish on ``robot``'s ack topic what is stored of ``sender``'s ``session`` (the batch's labels)."""
+        ack = None if session is None else self.ingest.ack(sender, session)
+        pub = self._ack_pubs.get(robot)
+        if ack is None or pub is None:
+            return
+        try:
+            pub.publish(encode_ack(ack))
+        except CodecError as exc:  # labels the codec refuses cannot come from a decoded batch; never stop ingest
+            self.get_logger().error(f"{robot}: cannot acknowledge: {exc}", throttle_duration_sec=10.0)
+
     def _on_transitions(self, msg: Float64MultiArray, robot: str) -> None:
         result: IngestResult = self.ingest.handle(msg, robot)
+        if result.session is not None:  # stored now or before: the controller may let go of the batch
+            self._publish_ack(robot, result.sender, result.session)
         if result.kind == "rejected":
             self.get_logger().warning(f"{robot}: rejected a transitions batch: {result.reason}",
                                       throttle_duration_sec=5.0)

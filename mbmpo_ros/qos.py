@@ -35,6 +35,9 @@ COMMAND_QOS               RELIABLE     VOLATILE         KEEP_LAST 1 ros2_control
                                                                     queued behind a fresh one
 DIAGNOSTICS_QOS           RELIABLE     VOLATILE         KEEP_LAST   matches diagnostic_updater / aggregator
                                                         10
+ACK_QOS                   RELIABLE     TRANSIENT_LOCAL  KEEP_LAST 1 latched per robot: a controller (re)joining
+                                                                    gets the learner's newest account of what
+                                                                    is stored, and only the newest
 ========================  ===========  ===============  ==========  =============================================
 """
 
@@ -61,6 +64,7 @@ STATE_QOS = _profile(_BEST_EFFORT, _VOLATILE, depth=1)
 STATE_PUB_QOS = _profile(_RELIABLE, _VOLATILE, depth=10)
 COMMAND_QOS = _profile(_RELIABLE, _VOLATILE, depth=1)
 DIAGNOSTICS_QOS = _profile(_RELIABLE, _VOLATILE, depth=10)
+ACK_QOS = _profile(_RELIABLE, _LATCHED, depth=1)
 
 _LIVELINESS_STRENGTH = {LivelinessPolicy.AUTOMATIC: 0, LivelinessPolicy.MANUAL_BY_TOPIC: 1}
 _RESOLVED = {

@@ -18,15 +18,19 @@ pytest.importorskip("std_msgs.msg", reason="ROS 2 message wheels (std_msgs) not 
 
 from mbmpo_core.bundle import PolicyBundle
 from mbmpo_ros.codec import (
+    ACK_MAX_MISSING,
     TRANSITION_COLUMNS,
+    Ack,
     CodecError,
     SeqKind,
     SequenceTracker,
     TransitionBatch,
     arrays_to_joint_state,
+    decode_ack,
     decode_command,
     decode_policy,
     decode_transitions,
+    encode_ack,
     encode_command,
     encode_policy,
     encode_transitions,
@@ -48,6 +52,7 @@ def make_batch(n: int = 7, obs_dim: int = 5, act_dim: int = 2, seed: int = 0, se
         robot="arm_1",
         policy_id=hashlib.sha256(b"p").hexdigest(),
         seq=seq,
+        session="20250101-120000-a1b2c3",
     )
 
 
@@ -56,7 +61,7 @@ def assert_same(a: TransitionBatch, b: TransitionBatch) -> None:
         x, y = getattr(a, name), np.asarray(getattr(b, name))
         assert x.dtype == {"done": bool, "adapted": bool, "step": np.int64, "episode": np.int64}.get(name, np.float64)
         np.testing.assert_array_equal(x, y, err_msg=name)
-    assert (a.robot, a.policy_id, a.seq) == (b.robot, b.policy_id, b.seq)
+    assert (a.robot, a.policy_id, a.seq, a.session) == (b.robot, b.policy_id, b.seq, b.session)
 
 
 # ------------------------------------------------------------------------------------------ transitions
@@ -64,8 +69,11 @@ def test_transitions_round_trip() -> None:
     batch = make_batch()
     out = decode_transitions(encode_transitions(batch), expected_obs_dim=5, expected_act_dim=2)
     assert_same(out, batch)
-    assert out.codec_version == 1 and out.n == 7 and out.obs_dim == 5 and out.act_dim == 2
-    assert set(out.to_store_dict()) == {*TRANSITION_COLUMNS, "robot", "policy_id"}
+    assert out.codec_version == 2 and out.n == 7 and out.obs_dim == 5 and out.act_dim == 2
+    assert (out.session, out.seq) == (batch.session, batch.seq)
+    stored = out.to_store_dict()
+    assert set(stored) == {*TRANSITION_COLUMNS, "robot", "policy_id", "session", "seq"}
+    assert stored["seq"].tolist() == [batch.seq] * 7
 
 
 def test_decoded_arrays_do_not_alias_the_message() -> None:
@@ -87,11 +95,12 @@ def test_extreme_but_exact_values_round_trip() -> None:
 @pytest.mark.parametrize(
     ("mutate", "reason"),
     [
-        (lambda m: setattr(m.layout.dim[0], "label", "codec=2"), "unknown codec version"),
+        (lambda m: setattr(m.layout.dim[0], "label", "codec=1"), "unknown codec version"),
         (lambda m: setattr(m.layout.dim[1], "label", "robo=x"), "missing header label"),
+        (lambda m: setattr(m.layout.dim[2], "label", "policy_id=x"), "missing header label"),
         (lambda m: m.layout.dim.pop(), "column labels"),
-        (lambda m: setattr(m.layout.dim[4], "size", 6), "inconsistent"),
-        (lambda m: setattr(m.layout.dim[5], "stride", 4), "inconsistent column widths"),
+        (lambda m: setattr(m.layout.dim[5], "size", 6), "inconsistent"),
+        (lambda m: setattr(m.layout.dim[6], "stride", 4), "inconsistent column widths"),
         (lambda m: m.data.pop(), "data has"),
         (lambda m: m.data.append(0.0), "data has"),
         (lambda m: m.data.__setitem__(10, float("nan")), "NaN"),
@@ -111,7 +120,7 @@ def test_malformed_transitions_rejected(mutate, reason: str) -> None:  # type: i
 
 def _column_offset(msg, name: str) -> int:  # type: ignore[no-untyped-def]
     offset = msg.layout.data_offset
-    for dim in msg.layout.dim[3:]:
+    for dim in msg.layout.dim[4:]:
         if dim.label == name:
             return offset
         offset += dim.size * dim.stride
@@ -222,6 +231,48 @@ def test_sequence_tracker_bounds_pending() -> None:
     assert status.missing == 999_999 and len(tr.missing("a")) == 5
     assert tr.observe("a", 999_999).kind == SeqKind.REORDERED
     assert tr.observe("a", 3).kind == SeqKind.DUPLICATE  # forgotten: no longer told apart
+
+
+# ------------------------------------------------------------------------------------------ acknowledgements
+def test_ack_round_trip_and_what_it_says_is_stored() -> None:
+    ack = Ack("robot_0", "20250101-120000-a1b2c3", "learner-9f", 41, (3, 17))
+    msg = encode_ack(ack)
+    assert [d.label for d in msg.layout.dim] == ["codec=1", "robot=robot_0", "session=20250101-120000-a1b2c3",
+                                                 "learner=learner-9f"]
+    assert list(msg.data) == [41, 3, 17]
+    back = decode_ack(msg)
+    assert back == ack
+    assert [s for s in range(45) if back.stored(s)] == [s for s in range(42) if s not in (3, 17)]
+
+
+def test_ack_that_cannot_list_its_holes_is_refused_on_both_sides() -> None:
+    with pytest.raises(CodecError, match="at most 256"):
+        encode_ack(Ack("r", "s", "l", 10_000, tuple(range(ACK_MAX_MISSING + 1))))
+    msg = encode_ack(Ack("r", "s", "l", 10_000, tuple(range(ACK_MAX_MISSING))))
+    msg.data.append(9_999)
+    with pytest.raises(CodecError, match="values"):
+        decode_ack(msg)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (lambda m: setattr(m.layout.dim[0], "label", "codec=7"), "unknown codec version"),
+        (lambda m: setattr(m.layout.dim[3], "label", "robot=x"), "missing header label"),
+        (lambda m: m.layout.dim.pop(), "dims"),
+        (lambda m: setattr(m, "data", array.array("q")), "values"),
+        (lambda m: setattr(m, "data", array.array("q", [-1])), "out of range"),
+        (lambda m: setattr(m, "data", array.array("q", [5, 3, 2])), "ascend"),
+        (lambda m: setattr(m, "data", array.array("q", [5, 5])), "ascend"),
+        (lambda m: setattr(m, "data", array.array("q", [5, -1])), "ascend"),
+        (lambda m: setattr(m.layout.dim[2], "label", "session=" + "x" * 300), "printable"),
+    ],
+)
+def test_malformed_acks_rejected(mutate, reason: str) -> None:  # type: ignore[no-untyped-def]
+    msg = encode_ack(Ack("r", "s", "l", 7, (2,)))
+    mutate(msg)
+    with pytest.raises(CodecError, match=reason):
+        decode_ack(msg)
 
 
 # ------------------------------------------------------------------------------------------ policy

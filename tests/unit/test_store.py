@@ -96,6 +96,47 @@ def test_corrupt_chunks_are_skipped_with_warning(tmp_path: Path) -> None:
     assert reopened.load_all()["reward"].tolist() == [0.0] * 4 + [2.0] * 4 + [7.0] * 2
 
 
+def test_corruption_is_accounted_for_by_chunk(tmp_path: Path) -> None:
+    """What a checkpoint covers is named by chunk index, so transitions lost to corruption can be counted."""
+    store = TransitionStore(tmp_path, OBS_DIM, ACT_DIM)
+    paths = [store.append(make_batch(n, tag)) for tag, n in enumerate((3, 4, 5))]
+    assert store.last_chunk == 2 and store.transitions_through(1) == 7 and store.corrupt == []
+    paths[1].write_bytes(paths[1].read_bytes()[:-1])
+    with pytest.warns(RuntimeWarning, match="corrupt chunk"):
+        reopened = TransitionStore(tmp_path)
+    assert reopened.corrupt == [paths[1]] and reopened.last_chunk == 2
+    assert reopened.transitions_through(1) == 3 and reopened.transitions_through(2) == 8
+
+
+def test_batch_keys_name_each_sent_batch(tmp_path: Path) -> None:
+    store = TransitionStore(tmp_path, OBS_DIM, ACT_DIM)
+    store.append(make_batch(2, 0))  # no seq (e.g. the simulated loop's own data): no key
+    store.append(make_batch(2, 1, robot="r0", session="s1", seq=np.full(2, 4)))
+    store.append(make_batch(3, 2, robot="r0", session="s2", seq=np.full(3, 0)))
+    keys = list(TransitionStore(tmp_path).batch_keys())
+    assert [(k.robot, k.session, k.seq) for k in keys] == [("r0", "s1", 4), ("r0", "s2", 0)]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"{not json", "unreadable store metadata"), (b"[1, 2]", "not an object"),
+     (b'{"obs_dim": 3}', "act_dim"), (b'{"obs_dim": 0, "act_dim": 2}', "not the metadata"),
+     (b"\xff\xfe", "unreadable store metadata")],
+)
+def test_corrupt_store_json_is_one_line(tmp_path: Path, content: bytes, message: str) -> None:
+    TransitionStore(tmp_path, OBS_DIM, ACT_DIM)
+    (tmp_path / "store.json").write_bytes(content)
+    with pytest.raises(ValueError, match=message) as info:
+        TransitionStore(tmp_path)
+    assert "\n" not in str(info.value) and "store.json" in str(info.value)
+
+
+def test_a_file_where_the_store_should_be_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ValueError, match="is not a directory"):
+        TransitionStore(tmp_path / "f", OBS_DIM, ACT_DIM)
+
+
 @pytest.mark.parametrize(
     ("field", "value", "match"),
     [
