@@ -64,21 +64,43 @@ class Arm:
     missing: str = ""
 
 
+BENCHMARKS = REPO / "benchmarks"
+MB_CONFIG = BENCHMARKS / "cpu_small.yaml"  # the project's CPU configuration of MB-MPO (model-based arms share it)
+METRPO_CONFIG = BENCHMARKS / "cpu_small_metrpo.yaml"  # the same with meta.inner_lr 0
+
+
+# The runners import their libraries (stable-baselines3, the trainer) only in the process that runs them.
 def _model_free(spec: RunSpec) -> None:
-    from model_free import run_model_free  # imports stable-baselines3 only for the runs that need it
+    from model_free import run_model_free
 
     run_model_free(spec)
 
 
-_NEEDS_SIM_LOOP = ("needs mbmpo_core/sim_loop.py::SimTrainingLoop (the trainer split in progress); "
-                   "registered, not implemented yet")
+def _mbmpo(spec: RunSpec) -> None:
+    from model_based import run_meta_rl
+
+    run_meta_rl(spec, MB_CONFIG)
+
+
+def _metrpo(spec: RunSpec) -> None:
+    from model_based import run_meta_rl
+
+    run_meta_rl(spec, METRPO_CONFIG)
+
+
+def _mbmpc(spec: RunSpec) -> None:
+    from mpc import run_mpc
+
+    run_mpc(spec, MB_CONFIG)
+
+
 ARMS: dict[str, Arm] = {arm.name: arm for arm in (
-    Arm("mbmpo", "MB-MPO (cpu_small)", "model-based", 100_000, 2.0, None, _NEEDS_SIM_LOOP),
-    Arm("metrpo", "ME-TRPO (cpu_small, inner_lr 0)", "model-based", 100_000, 2.0, None, _NEEDS_SIM_LOOP),
-    Arm("mbmpc", "MB-MPC (random shooting)", "model-based", 100_000, 2.0, None, _NEEDS_SIM_LOOP),
-    Arm("sac", "SAC (SB3, rl-zoo)", "model-free", 300_000, 60.0, _model_free),
-    Arm("ppo", "PPO (SB3, rl-zoo)", "model-free", 1_000_000, 800.0, _model_free),
-    Arm("trpo", "TRPO (sb3-contrib, rl-zoo)", "model-free", 1_000_000, 800.0, _model_free),
+    Arm("mbmpo", "MB-MPO (cpu_small)", "model-based", 100_000, 2.0, _mbmpo),
+    Arm("metrpo", "ME-TRPO (cpu_small, inner_lr 0)", "model-based", 100_000, 2.0, _metrpo),
+    Arm("mbmpc", "MB-MPC (random shooting 1000 x 20)", "model-based", 100_000, 2.0, _mbmpc),
+    Arm("sac", "SAC (SB3, rl-zoo)", "model-free", 300_000, 50.0, _model_free),
+    Arm("ppo", "PPO (SB3, rl-zoo)", "model-free", 1_000_000, 200.0, _model_free),
+    Arm("trpo", "TRPO (sb3-contrib, rl-zoo)", "model-free", 1_000_000, 450.0, _model_free),
 )}
 
 

@@ -15,8 +15,11 @@
 from __future__ import annotations
 
 import csv
+import json
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,10 +104,14 @@ def run_episode(policy: Policy, env: Any, seed: int, deterministic: bool) -> flo
     return total
 
 
-def evaluate(policy: Policy, env: Any, seeds: Sequence[int] = EVAL_SEEDS) -> MarkResult:
-    """Run ``policy`` on ``env`` from every seed in ``seeds``, stochastic and deterministic."""
+def evaluate(policy: Policy, env: Any, seeds: Sequence[int] = EVAL_SEEDS, single_mode: bool = False) -> MarkResult:
+    """Run ``policy`` on ``env`` from every seed in ``seeds``, stochastic and deterministic.
+
+    ``single_mode``: the policy has no deterministic mode (a random-shooting planner); its episodes are run once
+    and reported in both columns.
+    """
     stoch = [run_episode(policy, env, seed, deterministic=False) for seed in seeds]
-    det = [run_episode(policy, env, seed, deterministic=True) for seed in seeds]
+    det = stoch if single_mode else [run_episode(policy, env, seed, deterministic=True) for seed in seeds]
     return MarkResult(np.asarray(stoch), np.asarray(det))
 
 
@@ -184,6 +191,39 @@ def read_curve(path: Path) -> list[dict[str, float]]:
         return [{key: float(row[key]) for key in CURVE_COLUMNS} for row in reader]
 
 
+def resume_state(path: Path, spec: RunSpec) -> dict[str, Any] | None:
+    """The run state a checkpoint saved with :func:`save_state` (None: start fresh).
+
+    A state made for another run (other budget, marks, ...) ends the process with one line saying what to remove.
+    """
+    if not path.is_file():
+        return None
+    state: dict[str, Any] = json.loads(path.read_text())
+    if state.get("identity") != spec.identity():
+        raise SystemExit(f"{spec.name}: {path} belongs to {state.get('identity')}, not {spec.identity()}; "
+                         f"remove {spec.checkpoint_dir} and {spec.curve_path} to start over")
+    return state
+
+
+def save_state(path: Path, spec: RunSpec, curve: CurveLog, clock: RunClock, **extra: Any) -> None:
+    """Write the run's identity, last evaluated mark and clock (atomically) beside the arm's own checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"identity": spec.identity(), "last_mark": curve.last_steps, **clock.totals(),
+                               **extra}, indent=1))
+    tmp.replace(path)
+
+
+def resume_curve(spec: RunSpec, state: dict[str, Any] | None) -> tuple[CurveLog, RunClock]:
+    """The run's curve, cut back to the last mark its checkpoint had seen, and its clock from that checkpoint."""
+    curve = CurveLog(spec.curve_path)
+    if state is None:
+        curve.truncate(-1)
+        return curve, RunClock()
+    curve.truncate(int(state["last_mark"]))
+    return curve, RunClock(state["wall_s"], state["cpu_s"], state["eval_wall_s"])
+
+
 def _fmt(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:.4f}"
 
@@ -202,6 +242,42 @@ class ProgressLine:
         eta = (self.budget - steps) / rate if rate > 0 else float("nan")
         return (f"{self.name}: {steps:>8d} steps  return stoch {row['return_stoch']:8.1f} det {row['return_det']:8.1f}"
                 f"  {rate:6.1f} steps/s  ETA {_duration(eta)}  (wall {_duration(row['wall_s'])})")
+
+
+class Heartbeat:
+    """A line at most every ``period_s`` seconds between marks, so a long stretch (an MPC evaluation, a slow
+    iteration) still shows progress; :meth:`reset` after any other progress line."""
+
+    def __init__(self, period_s: float = 60.0) -> None:
+        self.period_s = period_s
+        self.last = time.perf_counter()
+
+    def reset(self) -> None:
+        self.last = time.perf_counter()
+
+    def beat(self, message: Callable[[], str]) -> None:
+        if time.perf_counter() - self.last >= self.period_s:
+            print(message(), flush=True)
+            self.reset()
+
+
+@contextmanager
+def ticking(message: Callable[[float], str], period_s: float = 60.0) -> Iterator[None]:
+    """Print ``message(elapsed_s)`` every ``period_s`` seconds while the block runs (a call we cannot interrupt)."""
+    stop = threading.Event()
+    start = time.perf_counter()
+
+    def tick() -> None:
+        while not stop.wait(period_s):
+            print(message(time.perf_counter() - start), flush=True)
+
+    thread = threading.Thread(target=tick, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _duration(seconds: float) -> str:

@@ -13,18 +13,28 @@ the clock. A resumed run reloads them, truncates its CSV to the checkpoint and c
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
-from eval_protocol import EVAL_SEEDS, CurveLog, Policy, ProgressLine, RunClock, RunSpec, evaluate
+from eval_protocol import (
+    EVAL_SEEDS,
+    CurveLog,
+    Heartbeat,
+    Policy,
+    ProgressLine,
+    RunClock,
+    RunSpec,
+    evaluate,
+    resume_curve,
+    resume_state,
+    save_state,
+)
 from sb3_contrib import TRPO
 from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -35,8 +45,6 @@ from torch import nn
 
 from mbmpo_core.registry import make_task
 from mbmpo_core.task import TaskSpec
-
-HEARTBEAT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -153,19 +161,19 @@ def policy_of(model: BaseAlgorithm, keep: np.ndarray, venv: VecEnv) -> Policy:
 
 
 class _Checkpoint:
-    """A run's checkpoint directory, replaced atomically (write to ``.tmp``, then swap)."""
+    """A run's checkpoint directory (model, replay buffer, normalizer, run state), replaced atomically."""
 
-    def __init__(self, directory: Path) -> None:
-        self.dir = directory
+    def __init__(self, spec: RunSpec) -> None:
+        self.spec = spec
+        self.dir = spec.checkpoint_dir
 
     def state(self) -> dict[str, Any] | None:
         old = self.dir.with_name(self.dir.name + ".old")
         if not self.dir.is_dir() and old.is_dir():  # interrupted between the two renames of save()
             old.rename(self.dir)
-        path = self.dir / "state.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        return resume_state(self.dir / "state.json", self.spec)
 
-    def save(self, model: BaseAlgorithm, venv: VecEnv, state: dict[str, Any]) -> None:
+    def save(self, model: BaseAlgorithm, venv: VecEnv, curve: CurveLog, clock: RunClock) -> None:
         tmp, old = (self.dir.with_name(self.dir.name + suffix) for suffix in (".tmp", ".old"))
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -174,7 +182,7 @@ class _Checkpoint:
             model.save_replay_buffer(str(tmp / "replay_buffer.pkl"))
         if isinstance(venv, VecNormalize):
             venv.save(str(tmp / "vecnormalize.pkl"))
-        (tmp / "state.json").write_text(json.dumps(state, indent=1))
+        save_state(tmp / "state.json", self.spec, curve, clock, real_steps=model.num_timesteps)
         shutil.rmtree(old, ignore_errors=True)
         if self.dir.is_dir():
             self.dir.rename(old)
@@ -188,17 +196,15 @@ class _MarkCallback(BaseCallback):
     def __init__(self, pending: list[int], on_mark: Callable[[int], None], name: str) -> None:
         super().__init__()
         self.pending, self.on_mark, self.name = pending, on_mark, name
-        self.last_line = time.perf_counter()
+        self.heartbeat = Heartbeat()
 
     def _on_step(self) -> bool:
         while self.pending and self.num_timesteps >= self.pending[0]:
             self.pending.pop(0)
             self.on_mark(self.num_timesteps)
-            self.last_line = time.perf_counter()
-        if time.perf_counter() - self.last_line > HEARTBEAT_S:
-            print(f"{self.name}: {self.num_timesteps:>8d} steps (next mark {self.pending[0] if self.pending else '-'})",
-                  flush=True)
-            self.last_line = time.perf_counter()
+            self.heartbeat.reset()
+        self.heartbeat.beat(lambda: f"{self.name}: {self.num_timesteps:>8d} steps "
+                                    f"(next mark {self.pending[0] if self.pending else '-'})")
         return True
 
 
@@ -207,16 +213,10 @@ def run_model_free(spec: RunSpec) -> None:
     torch.set_num_threads(1)
     entry = zoo_entry(spec.arm, spec.task)
     task = make_task(spec.task, horizon=spec.horizon)
-    checkpoint = _Checkpoint(spec.checkpoint_dir)
+    checkpoint = _Checkpoint(spec)
     state = checkpoint.state()
-    if state is not None and state["identity"] != spec.identity():
-        raise SystemExit(f"{spec.name}: checkpoint {spec.checkpoint_dir} was made for {state['identity']}, "
-                         f"not {spec.identity()}; remove it (and the CSV) to start over")
     fresh = state is None
-    curve = CurveLog(spec.curve_path)
-    saved = state or {"real_steps": -1, "wall_s": 0.0, "cpu_s": 0.0, "eval_wall_s": 0.0}
-    curve.truncate(int(saved["real_steps"]))
-    clock = RunClock(saved["wall_s"], saved["cpu_s"], saved["eval_wall_s"])
+    curve, clock = resume_curve(spec, state)
     venv = _training_env(task, spec, entry, fresh=fresh)
     model = _build_model(spec, entry, venv, fresh=fresh)
     eval_env = task.make_env(seed=EVAL_SEEDS[0])
@@ -239,8 +239,7 @@ def run_model_free(spec: RunSpec) -> None:
             pending.pop(0)
             continue
         model.learn(total_timesteps=pending[0] - model.num_timesteps, callback=callback, reset_num_timesteps=False)
-        checkpoint.save(model, venv, {"identity": spec.identity(), "real_steps": model.num_timesteps,
-                                      **clock.totals()})
+        checkpoint.save(model, venv, curve, clock)
     eval_env.close()
     venv.close()
     print(f"{spec.name}: done, {model.num_timesteps} steps, {clock.wall_s / 3600:.2f} h wall, "
