@@ -5,9 +5,11 @@ A name resolves, in this order, to
 * a task registered in this process with :func:`register` (tests, notebooks);
 * a task an installed package declares under the ``mbmpo.tasks`` entry-point group (``sim`` declares the MuJoCo
   tasks this way in ``setup.py``; a lab's robot package declares its own);
-* ``"package.module:factory"``: the factory itself, as gymnasium's ``register(entry_point=...)`` takes it.
+* ``"package.module:factory"``: the factory itself, as gymnasium's ``register(entry_point=...)`` takes it;
+* a path ending in ``.yaml`` / ``.yml``: a robot's task file (:mod:`mbmpo_core.task_file`), checked when resolved.
 
-A factory is called as ``factory(name, horizon=horizon)`` and returns an object with :class:`TaskSpec`'s fields.
+A factory is called as ``factory(name, horizon=horizon)`` (``factory(name)`` for the task's own horizon) and
+returns an object with :class:`TaskSpec`'s fields.
 This module imports no simulator and no torch: a task's package is imported only when that task is made, so a
 robot whose task is not a MuJoCo model never loads MuJoCo, and the controller stays torch-free.
 """
@@ -89,13 +91,23 @@ def resolve(name: str) -> TaskFactory:
     declared = _declared()
     if name in declared:
         return _load(declared[name])
+    if name.endswith((".yaml", ".yml")):
+        from mbmpo_core import task_file
+
+        try:
+            task_file.load_task_file(name)  # a bad file fails here, before any node starts
+        except task_file.TaskFileError as exc:
+            raise UnknownTaskError(str(exc)) from None
+        return task_file.load_task_file
     if ":" in name:
         return _load(name)
     known = ", ".join(task_names()) or "none (is the mbmpo_ros package installed? pip install -e .)"
     raise UnknownTaskError(f"unknown task {name!r}; valid names: {known} (or 'package.module:factory')")
 
 
-def make_task(name: str, horizon: int = 1000) -> TaskSpec:
-    """Build task ``name`` with episodes of ``horizon`` steps (see the module docstring for how it resolves)."""
-    task: TaskSpec = resolve(name)(name, horizon=horizon)
+def make_task(name: str, horizon: int | None = None) -> TaskSpec:
+    """Build task ``name`` with episodes of ``horizon`` steps (None: the task's own, e.g. a task file's; 1000 for
+    the MuJoCo tasks); see the module docstring for how it resolves."""
+    factory = resolve(name)
+    task: TaskSpec = factory(name) if horizon is None else factory(name, horizon=horizon)
     return task

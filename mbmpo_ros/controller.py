@@ -84,10 +84,13 @@ from mbmpo_ros.safety import (
 from mbmpo_ros.spin import run_node
 
 
-def load_task(name: str, horizon: int) -> Any:
-    """The task spec (names, bounds, dt, numpy reward/done) by name from :mod:`mbmpo_core.registry`.
+def load_task(name: str, horizon: int | None) -> Any:
+    """The task spec (names, bounds, dt, numpy reward/done) by name from :mod:`mbmpo_core.registry`; ``horizon``
+    None is the task's own (a task file's).
 
-    A MuJoCo task comes from :mod:`sim`, which loads no torch; an unknown name is a one-line ``ValueError``.
+    A MuJoCo task comes from :mod:`sim`, which loads no torch; a robot's task file
+    (:mod:`mbmpo_core.task_file`) loads neither MuJoCo nor gymnasium nor torch; an unknown name or a bad task
+    file is a one-line ``ValueError``.
     """
     return make_task(name, horizon=horizon)
 
@@ -107,7 +110,7 @@ class Controller(LifecycleNode):
     def __init__(self, node_name: str = "controller", **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
         p = declare_parameters(self, CONTROLLER_PARAMS)  # all read-only: read here, once
-        self.task = load_task(str(p["task"]), int(p["horizon"]))
+        self.task = load_task(str(p["task"]), int(p["horizon"]) or None)
         rate = float(p["rate_hz"])
         self.rate_hz = rate if rate > 0 else 1.0 / self.task.dt
         self.warmup = str(p["warmup_policy"])

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from mbmpo_core import registry
 from mbmpo_core.config import load_config
+from mbmpo_core.task_file import is_task_file, load_task_file
 
 PACKAGE = "mbmpo_ros"
 WARMUP_POLICIES = ("random", "zero", "hold")
@@ -90,11 +91,25 @@ DEPLOY_ARGUMENTS: tuple[LaunchArgument, ...] = (
 def task_and_horizon(config_dir: Path, config: str = "", task: str = "") -> tuple[str, int]:
     """The config's task (unless ``task`` names one) and its episode horizon; the task must resolve.
 
-    ``config`` '' is ``config_dir/default.yaml``. A bad config or an unknown task is a one-line ``ValueError``.
+    ``config`` '' is ``config_dir/default.yaml``. A task file's path is made absolute (the nodes may run
+    elsewhere), and its horizon must equal the config's ``loop.horizon`` (the learner imagines episodes of that
+    length). A bad config, an unknown task or a bad task file is a one-line ``ValueError``.
     """
     cfg = load_config(config or config_dir / "default.yaml", task=task or None)
-    registry.resolve(cfg.task)
-    return cfg.task, cfg.loop.horizon
+    name = resolve_task(cfg.task)
+    if is_task_file(name):
+        file_horizon = load_task_file(name).horizon
+        if file_horizon != cfg.loop.horizon:
+            raise GraphError(f"task file {cfg.task} has horizon {file_horizon} but the config's loop.horizon is "
+                             f"{cfg.loop.horizon}: set loop.horizon: {file_horizon} in the config")
+    return name, cfg.loop.horizon
+
+
+def resolve_task(task: str) -> str:
+    """``task`` as the nodes get it (a task file's path made absolute), after checking that it resolves."""
+    name = str(Path(task).expanduser().resolve()) if is_task_file(task) else task
+    registry.resolve(name)
+    return name
 
 
 def controller_node(config_dir: Path, namespace: str, **overrides: ParamValue) -> NodeDescription:
@@ -145,8 +160,7 @@ def deploy_graph(config_dir: Path, *, namespace: str = "robot_0", task: str = "I
     """The nodes of a deployment: one managed controller (the robot's driver provides joint_states and command),
     unconfigured until ``ros2 lifecycle set`` (or ``autostart``), holding until a policy arrives (``policy_file``
     or ``/mbmpo/policy``); a policy file is made absolute and must exist."""
-    registry.resolve(task)
-    overrides: dict[str, ParamValue] = {"task": task, "explore": explore, "autostart": autostart,
+    overrides: dict[str, ParamValue] = {"task": resolve_task(task), "explore": explore, "autostart": autostart,
                                         "hold_mode": hold_mode}
     if policy_file:
         path = Path(policy_file).expanduser().resolve()

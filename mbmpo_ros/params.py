@@ -113,8 +113,9 @@ def declare_parameters(node: Node, specs: Sequence[ParamSpec]) -> dict[str, Any]
 
 CONTROLLER_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("task", "InvertedPendulum-v5", "task name, resolved by mbmpo_core.registry (a MuJoCo task, an "
-              "installed task entry point, or 'package.module:factory')"),
-    ParamSpec("horizon", 200, "steps per episode (then the robot's reset service is called)", low=1),
+              "installed task entry point, 'package.module:factory', or a robot's task file .yaml)"),
+    ParamSpec("horizon", 0, "steps per episode (then the robot's reset service is called); 0 = the task's own "
+              "(a task file's horizon; 1000 for a MuJoCo task)", low=0),
     ParamSpec("rate_hz", 0.0, "control rate in Hz; 0 = the task's (1 / task.dt)", low=0.0),
     ParamSpec("warmup_policy", "hold", "what acts until the first policy arrives: hold (the hold action, nothing "
               "recorded: a deployed robot), random (uniform random actions, recorded: training's warm-up data) or "
