@@ -481,7 +481,7 @@ class Controller(LifecycleNode):
         return message
 
     def _publish_diagnostics(self) -> None:
-        status = DiagnosticStatus(name=f"mbmpo controller {self.robot_id}", hardware_id=self.robot_id)
+        status = DiagnosticStatus(name=f"mbmpo/controller/{self.robot_id}", hardware_id=self.robot_id)
         status.level = DiagnosticStatus.WARN if self._holding() or self.outbox.dropped else DiagnosticStatus.OK
         status.message = self.diagnostics_message()
         status.values = [KeyValue(key=k, value=v) for k, v in self.diagnostics().items()]

@@ -70,7 +70,8 @@ TRAIN_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument("num_robots", "1", "number of robot namespaces"),
     LaunchArgument("namespace_prefix", "robot_", "robot i is <prefix><i>"),
     LaunchArgument("run_dir", "", "learner run directory ('' = a new one)"),
-    LaunchArgument("steps", "0", "stop when the learner has stored this many real steps (0 = never)"),
+    LaunchArgument("steps", "0", "stop when the learner has stored this many real steps (0 = the config's "
+                   "loop.total_steps, -1 = never)"),
     LaunchArgument("rate_hz", "0.0", "control rate of the controllers (0 = the task's)"),
     LaunchArgument("warmup_policy", "", "what the robots run until the first policy: random|zero|hold ('' = "
                    "random with sim:=true, hold on real robots: set random to let a real robot explore)"),
@@ -130,8 +131,10 @@ def train_graph(config_dir: Path, *, sim: bool = True, robots: int = 1, task: st
     """
     if robots < 1:
         raise GraphError(f"the number of robots must be >= 1, got {robots}")
-    if steps < 0 or not 0 <= rate_hz < math.inf:
-        raise GraphError(f"steps and rate_hz must be finite and >= 0, got {steps} and {rate_hz}")
+    if steps < -1:
+        raise GraphError(f"steps must be >= 0 (or -1: never stop), got {steps}")
+    if not 0 <= rate_hz < math.inf:
+        raise GraphError(f"rate_hz must be finite and >= 0, got {rate_hz}")
     warmup = warmup_policy or ("random" if sim else "hold")
     if warmup not in WARMUP_POLICIES:
         raise GraphError(f"warmup_policy must be one of {', '.join(WARMUP_POLICIES)}, got {warmup_policy!r}")

@@ -26,7 +26,10 @@ Status goes to ``/diagnostics`` once a second.
 
 Parameters: ``config`` (mbmpo YAML; default the package's config/default.yaml), ``task`` and ``seed``
 (override the config), ``run_dir``, ``robots`` (namespaces), ``min_new_steps`` (0: loop.steps_per_iter),
-``resume``, ``exit_after_steps`` (0: never), ``shutdown_timeout_s``.
+``resume``, ``exit_after_steps`` (0: the config's ``loop.total_steps``; -1: never), ``shutdown_timeout_s``.
+
+``progress.csv`` as in a simulated run: ``return_pre`` / ``return_post`` are the robots' own episodes since the
+last iteration, run by the meta-policy / by its online-adapted parameters (:mod:`mbmpo_ros.robot_returns`).
 
 Run: ``python -m mbmpo_ros.learner --ros-args -p task:=InvertedPendulum-v5 -p run_dir:=runs/x``.
 """
@@ -60,6 +63,7 @@ from mbmpo_core.task import TaskSpec
 from mbmpo_ros.codec import CodecError, encode_ack, encode_policy, new_session_id
 from mbmpo_ros.ingest import Ingest, IngestResult
 from mbmpo_ros.qos import ACK_QOS, DIAGNOSTICS_QOS, POLICY_QOS, TRANSITIONS_QOS
+from mbmpo_ros.robot_returns import robot_returns
 from mbmpo_ros.spin import shut_down_meanwhile
 
 POLICY_TOPIC = "/mbmpo/policy"
@@ -139,7 +143,8 @@ class Learner(Node):
         self.status = SharedStatus(TrainingStatus())
         self._restore()
         self.min_new_steps = int(self._param("min_new_steps")) or self.config.loop.steps_per_iter
-        self.exit_after_steps = int(self._param("exit_after_steps"))
+        budget = int(self._param("exit_after_steps"))  # 0: the config's step budget; -1: unbounded
+        self.exit_after_steps = self.config.loop.total_steps if budget == 0 else max(budget, 0)
         self.shutdown_timeout_s = float(self._param("shutdown_timeout_s"))
         self.finished = threading.Event()  # exit_after_steps reached and the last iteration done
         self._stop = threading.Event()
@@ -300,8 +305,9 @@ class Learner(Node):
         stored = len(data["obs"])
         status = self.status.update(state=f"training iteration {self.meta_learner.iteration}")
         returns = self.ingest.take_returns(status.policy_id)
+        robots = robot_returns(data, status.trained_on, status.policy_id, self.config.loop.horizon)
         report = self.meta_learner.improve(data)
-        row = report.progress_row(stored, returns)
+        row = report.progress_row(stored, returns, return_pre=robots.pre, return_post=robots.post)
         self.progress.append(row)
         self.progress.plot(f"MB-MPO on {self.task.name}")
         write_checkpoint(self.run_dir, {**self.meta_learner.state_dict(), "learner_node": {"transitions": stored}})
@@ -348,7 +354,7 @@ class Learner(Node):
             for key in ("accepted", "rejected", "duplicate", "gaps", "missing", "reordered", "restarts",
                         "transitions", "last_error"):
                 values[f"{robot}/{key}"] = getattr(c, key)
-        diag = DiagnosticStatus(name="mbmpo: learner", hardware_id=str(self.run_dir))
+        diag = DiagnosticStatus(name="mbmpo/learner", hardware_id=str(self.run_dir))
         if status.state == "failed":
             diag.level, diag.message = DiagnosticStatus.ERROR, f"training failed: {status.error}"
         elif gaps:

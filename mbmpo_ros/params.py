@@ -168,7 +168,7 @@ LEARNER_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("min_new_steps", 0, "new real steps between iterations; 0 = the config's loop.steps_per_iter", low=0),
     ParamSpec("seed", -1, "random seed (overrides the config's); -1 = the config's", low=-1),
     ParamSpec("resume", False, "reopen run_dir and continue from its checkpoint and stored transitions"),
-    ParamSpec("exit_after_steps", 0, "exit after this many stored real steps (and a last iteration); 0 = never",
-              low=0),
+    ParamSpec("exit_after_steps", 0, "exit after this many stored real steps (and a last iteration); 0 = the "
+              "config's loop.total_steps, -1 = never", low=-1),
     ParamSpec("shutdown_timeout_s", 10.0, "how long a running iteration may take to finish on shutdown", low=0.0),
 )

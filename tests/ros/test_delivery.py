@@ -96,7 +96,7 @@ def test_learner_killed_at_random_moments_loses_and_duplicates_nothing(ros_graph
 
     def on_diagnostics(msg: DiagnosticArray) -> None:
         for status in msg.status:
-            if status.name.startswith("mbmpo controller"):
+            if status.name.startswith("mbmpo/controller/"):
                 controller_status.update({kv.key: kv.value for kv in status.values})
 
     ros_graph.node("diag_probe").create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics,

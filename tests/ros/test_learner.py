@@ -217,7 +217,7 @@ def test_learner_process_publishes_diagnostics_and_exits_0_on_sigint(ros_graph: 
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             cwd=Path(__file__).resolve().parents[2])
     try:
-        ok = ros_graph.spin_until(lambda: any(s.name == "mbmpo: learner" for m in seen for s in m.status), 60.0)
+        ok = ros_graph.spin_until(lambda: any(s.name == "mbmpo/learner" for m in seen for s in m.status), 60.0)
         assert ok, "no diagnostics from the learner process"
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)

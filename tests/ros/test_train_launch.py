@@ -34,4 +34,4 @@ def test_learner_publishes_diagnostics(ros_graph) -> None:  # type: ignore[no-un
 
     seen: list = []
     ros_graph.node("probe").create_subscription(DiagnosticArray, "/diagnostics", seen.append, DIAGNOSTICS_QOS)
-    assert ros_graph.spin_until(lambda: any(s.name == "mbmpo: learner" for m in seen for s in m.status), 60.0)
+    assert ros_graph.spin_until(lambda: any(s.name == "mbmpo/learner" for m in seen for s in m.status), 60.0)

@@ -120,7 +120,8 @@ def test_every_node_is_a_package_executable_with_existing_parameter_files() -> N
 
 @pytest.mark.parametrize(("kwargs", "error", "message"), [
     ({"robots": 0}, GraphError, "the number of robots must be >= 1, got 0"),
-    ({"rate_hz": float("nan")}, GraphError, "steps and rate_hz must be finite and >= 0"),
+    ({"rate_hz": float("nan")}, GraphError, "rate_hz must be finite and >= 0, got nan"),
+    ({"steps": -2}, GraphError, "steps must be >= 0 (or -1: never stop), got -2"),
     ({"task": "Nope-v0"}, UnknownTaskError, "unknown task 'Nope-v0'; valid names: "),
     ({"config": "/nonexistent/c.yaml"}, ConfigError, "/nonexistent/c.yaml"),
 ])
