@@ -8,7 +8,12 @@
             inner step      theta'_m = theta + alpha * grad J_m(theta)
             imagine post-update rollouts of theta'_m
             outer step      TRPO (or ProMP) on sum_m J_m(theta'_m)
-        -> IterationReport (fit report, meta stats, seconds per phase, the K adapted policies)
+        adapt the final theta to every task once more: theta'_1..M, the policies that collect the next real data
+        -> IterationReport (fit report, meta stats, seconds per phase, the M adapted policies)
+
+``improve(data, progress)`` calls ``progress`` with an :class:`ImproveProgress` (phase, model epoch, meta-step,
+elapsed, ETA) at the start of each phase, after every model epoch and after every meta-step, so a caller can show
+where a long iteration is.
 
 :class:`MetaLearner` owns the ensemble, the policy, the meta-optimizer and the random streams imagination uses.
 It builds no env, reads no store and writes no file: the simulated loop (:mod:`mbmpo_core.sim_loop`) and the ROS
@@ -22,8 +27,9 @@ state.
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -32,13 +38,15 @@ import torch
 
 from mbmpo_core.advantages import compute_advantages
 from mbmpo_core.config import Config
-from mbmpo_core.ensemble import DynamicsEnsemble, FitReport
+from mbmpo_core.ensemble import DynamicsEnsemble, EpochInfo, FitReport
 from mbmpo_core.imagination import Imagined, imagine
 from mbmpo_core.meta import MetaOptimizer, RolloutBatch, inner_step
 from mbmpo_core.policy import GaussianMLPPolicy, Params
 from mbmpo_core.task import TaskSpec
 
 PHASES = ("fit", "imagine", "inner", "outer")  # keys of IterationReport.seconds
+# Real-env returns of a progress row (SimTrainingLoop.evaluate says what each is).
+REAL_RETURNS = ("return_pre", "return_post", "return_pre_det", "return_post_det", "return_adapted_real")
 
 
 @dataclass(frozen=True)
@@ -53,11 +61,53 @@ class MetaStats:
 
 
 @dataclass(frozen=True)
+class ImproveProgress:
+    """Where a :meth:`MetaLearner.improve` call is; what its ``progress`` callback receives.
+
+    ``phase``: ``"fit"`` (model epochs ``epoch`` of at most ``max_epochs`` done) or ``"meta"`` (``meta_step`` of
+    ``meta_steps`` meta-steps done). ``elapsed_s``: since ``improve`` started. ``eta_s``: estimated seconds until
+    it returns (NaN while unknown): the fit's remaining epochs at its measured pace, up to the previous fit's
+    epoch count (``max_epochs`` on the first), plus the meta-steps left at the pace of this call's (while fitting:
+    of the previous call's) meta-steps.
+    """
+
+    iteration: int
+    phase: str
+    epoch: int
+    max_epochs: int
+    meta_step: int
+    meta_steps: int
+    elapsed_s: float
+    eta_s: float
+
+    def describe(self) -> str:
+        """One short line, e.g. ``iteration 3: meta-step 4/20, 35 s, ETA 1 min 20 s``."""
+        where = (f"model fit, epoch {self.epoch}/{self.max_epochs}" if self.phase == "fit"
+                 else f"meta-step {self.meta_step}/{self.meta_steps}")
+        eta = f", ETA {format_seconds(self.eta_s)}" if math.isfinite(self.eta_s) else ""
+        return f"iteration {self.iteration}: {where}, {format_seconds(self.elapsed_s)}{eta}"
+
+
+def format_seconds(seconds: float) -> str:
+    """``42 s``, ``3 min 05 s``, ``1 h 02 min``."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+ProgressFn = Callable[[ImproveProgress], None]
+
+
+@dataclass(frozen=True)
 class IterationReport:
     """What one :meth:`MetaLearner.improve` did.
 
-    ``collect_params``: the K adapted policies (every tensor ``[K, ...]``) that should collect the next real data:
-    the first task of each model in the last meta-step (theta for every model when ``meta_steps`` is 0).
+    ``collect_params``: the M adapted policies (every tensor ``[M, ...]``, M = ``meta.meta_batch_size``) that
+    should collect the next real data: the final theta adapted by one inner step on fresh imagined rollouts of
+    each task m (in model m // (M / K)); theta for every task when ``meta_steps`` is 0.
     """
 
     iteration: int  # 0 for the first improve of a run
@@ -69,11 +119,15 @@ class IterationReport:
 
     def progress_row(self, real_steps: int, train_returns: list[float] | None = None,
                      return_pre: float = float("nan"), return_post: float = float("nan"),
-                     seconds: Mapping[str, float] | None = None) -> dict[str, float]:
-        """One ``progress.csv`` row; ``seconds`` adds the caller's phases (``sample``, ``eval``) to this report's."""
+                     seconds: Mapping[str, float] | None = None,
+                     real_returns: Mapping[str, float] | None = None) -> dict[str, float]:
+        """One ``progress.csv`` row. ``real_returns``: any of the ``REAL_RETURNS`` columns (the simulated loop's
+        evaluation); ``return_pre`` / ``return_post`` where it has none of them (the learner node: the robots'
+        own returns); the other columns NaN. ``seconds`` adds the caller's phases (``sample``, ``eval``)."""
         row: dict[str, float] = {
             "iteration": float(self.iteration), "real_steps": float(real_steps),
-            "return_pre": return_pre, "return_post": return_post,
+            **dict.fromkeys(REAL_RETURNS, float("nan")), "return_pre": return_pre, "return_post": return_post,
+            **(real_returns or {}),
             "return_train": float(np.mean(train_returns)) if train_returns else float("nan"),
             "model_train_loss": float(np.mean(self.fit.train_mse)),
             "model_valid_loss": float(np.mean(self.fit.valid_mse)),
@@ -90,6 +144,10 @@ class IterationReport:
 @dataclass
 class _PhaseTimer:
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
+    start: float = field(default_factory=time.perf_counter)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
 
     def add(self, phase: str, since: float) -> float:
         """Add the time since ``since`` to ``phase``; returns now."""
@@ -116,29 +174,37 @@ class MetaLearner:
             policy = GaussianMLPPolicy(task.obs_dim, task.act_dim, p.hidden_sizes, p.init_std)
         self.policy = policy.to(self.device)
         self.meta = MetaOptimizer.from_config(self.policy, config.meta)
+        # Paces of the last improve call, for the ETA of the next one (not state: a resumed run re-measures).
+        self._last_fit_epochs = config.ensemble.max_epochs
+        self._last_meta_step_s = math.nan
 
     # ---------------------------------------------------------------- iteration
-    def improve(self, data: Mapping[str, np.ndarray]) -> IterationReport:
+    def improve(self, data: Mapping[str, np.ndarray], progress: ProgressFn | None = None) -> IterationReport:
         """Fit the ensemble and meta-train the policy on ``data``; see the module docstring.
 
         ``data``: every stored real transition, oldest first, as :meth:`TransitionStore.load_all` returns it
         (``obs, next_obs: [N, obs_dim]``, ``act: [N, act_dim]``, ``step: [N]``; other columns are ignored). Pass
         all of it, not a FIFO tail: the model fit keeps the newest ``ensemble.capacity`` rows itself (and needs
         their row numbers in the run's stream for a stable train/validation split), while imagination may start
-        from any stored episode start. Raises ``ValueError`` (one line) on bad columns.
+        from any stored episode start. ``progress`` is called as the module docstring says. Raises
+        ``ValueError`` (one line) on bad columns.
         """
         obs, act, next_obs, step = self._columns(data)
         timer = _PhaseTimer()
+        tell = _Reporter(self, timer, progress)
         t = time.perf_counter()
         if self.iteration == 0:
             # Fixed for the whole run (it is part of the exported policy): set from the first data.
             self.policy.set_obs_normalizer(torch.as_tensor(obs.mean(0)), torch.as_tensor(obs.std(0)),
                                            ignore=self.task.position_obs)
         first = max(0, len(obs) - self.config.ensemble.capacity)  # the FIFO tail; row ids fix each row's split
-        fit = self.ensemble.fit(obs[first:], act[first:], next_obs[first:], first_row=first)
+        tell.fit_epoch(0)
+        fit = self.ensemble.fit(obs[first:], act[first:], next_obs[first:], first_row=first,
+                                progress=lambda info: tell.fit_epoch(info.epoch, info))
+        self._last_fit_epochs = int(np.max(fit.epochs)) if len(fit.epochs) else self._last_fit_epochs
         timer.add("fit", t)
         episode_starts = obs[step == 0] if np.any(step == 0) else obs
-        stats, collect_params = self._meta_train(timer, episode_starts, obs)
+        stats, collect_params = self._meta_train(timer, episode_starts, obs, tell)
         report = IterationReport(iteration=self.iteration, transitions=len(obs) - first, fit=fit, meta=stats,
                                  seconds=timer.seconds, collect_params=collect_params)
         self.iteration += 1
@@ -161,27 +227,20 @@ class MetaLearner:
         return obs, act, next_obs, step
 
     # ---------------------------------------------------------------- meta-train
-    def _meta_train(self, timer: _PhaseTimer, episode_starts: np.ndarray,
-                    stored_obs: np.ndarray) -> tuple[MetaStats, Params]:
+    def _meta_train(self, timer: _PhaseTimer, episode_starts: np.ndarray, stored_obs: np.ndarray,
+                    tell: _Reporter) -> tuple[MetaStats, Params]:
         """``meta_steps`` MAML steps; imagination starts from ``episode_starts: [S, obs_dim]`` and, for the
         ``real_start_fraction`` share, from ``stored_obs: [N, obs_dim]``. Returns the last step's stats and the
-        K adapted policies for the next collection."""
+        M adapted policies of the final theta, which collect the next real data."""
         m = self.config.meta
-        per_model = m.meta_batch_size // self.config.ensemble.num_models
         stats = MetaStats()
-        theta = {k: v.detach() for k, v in self.policy.params().items()}
-        # Without a meta-step every model's "adapted" policy is theta itself.
-        collect = {k: v.unsqueeze(0).expand(self.config.ensemble.num_models, *v.shape).clone()
-                   for k, v in theta.items()}
-        for _ in range(m.meta_steps):
+        tell.meta_step(0)
+        started = time.perf_counter()
+        for k in range(m.meta_steps):
             t = time.perf_counter()
-            theta = {k: v.detach() for k, v in self.policy.params().items()}
-            batched = {k: v.unsqueeze(0).expand(m.meta_batch_size, *v.shape) for k, v in theta.items()}
-            pre = self._imagine_batch(batched, episode_starts, stored_obs)
+            pre = self._imagine_batch(self._theta_per_task(), episode_starts, stored_obs)
             t = timer.add("imagine", t)
-            adapted = inner_step(self.policy, self.policy.params(), pre, self.meta.alpha, create_graph=False)
-            # clone: with alpha = 0 the adapted params are views of theta, which the outer step changes.
-            adapted = {k: v.detach().clone() for k, v in adapted.items()}
+            adapted = self._adapt(pre)
             t = timer.add("inner", t)
             post = self._imagine_batch(adapted, episode_starts, stored_obs)
             t = timer.add("imagine", t)
@@ -190,9 +249,28 @@ class MetaLearner:
             stats = MetaStats(outer_kl=float(step["kl"]), outer_accepted=float(step.get("accepted", 1.0)),
                               inner_kl=float(step.get("inner_kl", np.nan)),
                               imagined_return_pre=_mean_return(pre), imagined_return_post=_mean_return(post))
-            # The first task of each model: the K adapted policies that collect the next real data.
-            collect = {k: v[::per_model].clone() for k, v in adapted.items()}
+            self._last_meta_step_s = (time.perf_counter() - started) / (k + 1)
+            tell.meta_step(k + 1)
+        if m.meta_steps == 0:  # no meta-step: every task's "adapted" policy is theta itself
+            return stats, {k: v.clone() for k, v in self._theta_per_task().items()}
+        # The adapted policies of the final theta (the last step's were adapted from the theta before its update).
+        t = time.perf_counter()
+        pre = self._imagine_batch(self._theta_per_task(), episode_starts, stored_obs)
+        t = timer.add("imagine", t)
+        collect = self._adapt(pre)
+        timer.add("inner", t)
         return stats, collect
+
+    def _theta_per_task(self) -> Params:
+        """The current theta, detached, viewed as ``[M, ...]``."""
+        m = self.config.meta.meta_batch_size
+        return {k: v.detach().unsqueeze(0).expand(m, *v.shape) for k, v in self.policy.params().items()}
+
+    def _adapt(self, pre: RolloutBatch) -> Params:
+        """theta'_m = theta + alpha grad J_m(theta) on ``pre`` (imagined rollouts of theta), detached ``[M, ...]``."""
+        adapted = inner_step(self.policy, self.policy.params(), pre, self.meta.alpha, create_graph=False)
+        # clone: with alpha = 0 the adapted params are views of theta, which the outer step changes.
+        return {k: v.detach().clone() for k, v in adapted.items()}
 
     def _imagine_batch(self, params: Params, episode_starts: np.ndarray, stored_obs: np.ndarray) -> RolloutBatch:
         m = self.config.meta
@@ -253,3 +331,43 @@ def rollout_batch(policy: GaussianMLPPolicy, params: Params, traj: Imagined, gam
 
 def _mean_return(batch: RolloutBatch) -> float:
     return float(batch.rewards.sum(-1).mean())
+
+
+class _Reporter:
+    """Builds the :class:`ImproveProgress` events of one improve call (nothing when there is no callback)."""
+
+    def __init__(self, learner: MetaLearner, timer: _PhaseTimer, progress: ProgressFn | None) -> None:
+        self.learner, self.timer, self.progress = learner, timer, progress
+        self.max_epochs = learner.config.ensemble.max_epochs
+        self.meta_steps = learner.config.meta.meta_steps
+        self.epoch = 0
+        self.meta_started = math.nan
+
+    def fit_epoch(self, epoch: int, info: EpochInfo | None = None) -> None:
+        if self.progress is None:
+            return
+        self.epoch = epoch
+        if info is not None:
+            self.max_epochs = info.max_epochs
+        elapsed = self.timer.elapsed()
+        expected = max(epoch + 1, min(self.learner._last_fit_epochs, self.max_epochs))
+        fit_left = (expected - epoch) * elapsed / epoch if epoch else math.nan
+        if info is not None and not bool(np.any(info.active)):
+            fit_left = 0.0
+        eta = fit_left + self.meta_steps * self.learner._last_meta_step_s if self.meta_steps else fit_left
+        self._send("fit", 0, elapsed, eta)
+
+    def meta_step(self, k: int) -> None:
+        if self.progress is None:
+            return
+        if k == 0:
+            self.meta_started = time.perf_counter()
+        pace = (time.perf_counter() - self.meta_started) / k if k else self.learner._last_meta_step_s
+        # The final adaptation (one imagination and inner step) is left out: a fraction of one meta-step.
+        self._send("meta", k, self.timer.elapsed(), (self.meta_steps - k) * pace)
+
+    def _send(self, phase: str, meta_step: int, elapsed: float, eta: float) -> None:
+        assert self.progress is not None
+        self.progress(ImproveProgress(iteration=self.learner.iteration, phase=phase, epoch=self.epoch,
+                                      max_epochs=self.max_epochs, meta_step=meta_step, meta_steps=self.meta_steps,
+                                      elapsed_s=elapsed, eta_s=eta))

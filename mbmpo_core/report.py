@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 PROGRESS_COLUMNS = [
-    "iteration", "real_steps", "return_pre", "return_post", "return_train",
+    "iteration", "real_steps", "return_pre", "return_post", "return_pre_det", "return_post_det",
+    "return_adapted_real", "return_train",
     "model_train_loss", "model_valid_loss", "model_epochs", "inner_kl", "outer_kl", "outer_accepted",
     "imagined_return_pre", "imagined_return_post",
     "time_sample", "time_fit", "time_imagine", "time_inner", "time_outer", "time_eval", "time_total",
@@ -65,7 +66,8 @@ class ProgressLog:
             writer.writerow({k: row.get(k, "") for k in PROGRESS_COLUMNS})
 
     def plot(self, title: str) -> Path:
-        """Write ``learning_curve.png``: real return of the pre- and post-adaptation policies against real steps."""
+        """Write ``learning_curve.png``: real (stochastic) return of the pre- and post-update policies against real
+        steps."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -74,8 +76,8 @@ class ProgressLog:
         rows = self.rows()
         fig, ax = plt.subplots(figsize=(6, 4))
         steps = [r["real_steps"] for r in rows]
-        ax.plot(steps, [r["return_pre"] for r in rows], marker="o", label="pre-adaptation (theta)")
-        ax.plot(steps, [r["return_post"] for r in rows], marker="s", label="post-adaptation (theta')")
+        ax.plot(steps, [r["return_pre"] for r in rows], marker="o", label="pre-update theta")
+        ax.plot(steps, [r["return_post"] for r in rows], marker="s", label="post-update theta'_m (mean over tasks)")
         # Episodes of the data-collecting policies (the robots' own returns in the ROS learner).
         ax.plot(steps, [r["return_train"] for r in rows], marker=".", ls=":", label="data collection")
         ax.set_xlabel("real environment steps")

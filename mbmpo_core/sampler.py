@@ -25,7 +25,8 @@ class RealBatch:
     obs/next_obs: [N, obs_dim]; act: [N, act_dim] executed (clipped) action; act_raw: [N, act_dim] the policy's
     sample (log-probabilities are taken of it); reward: [N]; done: [N] termination (not time limit);
     env: [N] which env (and hence which policy) produced the row; episode: [N] per-env episode counter;
-    step: [N] step index inside its episode.
+    step: [N] step index inside its episode. ``episode_returns`` are the returns of the episodes that ended in
+    this batch, in the order they ended, and ``episode_envs`` the env of each.
     """
 
     obs: np.ndarray
@@ -38,6 +39,7 @@ class RealBatch:
     episode: np.ndarray
     step: np.ndarray
     episode_returns: list[float] = field(default_factory=list)
+    episode_envs: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.reward.shape[0])
@@ -54,9 +56,22 @@ class RealBatch:
             "step": self.step,
         }
 
+    def mean_return_over_envs(self) -> float:
+        """The mean over envs of each env's mean episode return (envs with no finished episode left out; NaN if
+        none finished): with one policy per env, the return averaged over the policies (tasks)."""
+        returns = np.asarray(self.episode_returns, dtype=np.float64)
+        envs = np.asarray(self.episode_envs, dtype=np.int64)
+        if len(returns) == 0:
+            return float("nan")
+        return float(np.mean([returns[envs == e].mean() for e in np.unique(envs)]))
+
 
 class RealSampler:
-    """Steps ``envs`` in lockstep; each env restarts its episode at termination or after ``horizon`` steps."""
+    """Steps ``envs`` in lockstep; each env restarts its episode at termination or after ``horizon`` steps.
+
+    The reset of env ``i``'s ``k``-th episode is seeded by ``(seed, i, k)``; ``episode_counters`` (``[E]``, the
+    ``k`` of each env's next episode) may be rewound to replay the same start states with another policy.
+    """
 
     def __init__(self, envs: Sequence[Env], horizon: int, action_low: np.ndarray, action_high: np.ndarray,
                  seed: int = 0) -> None:
@@ -67,6 +82,11 @@ class RealSampler:
         self._seed = seed
         self._episode = np.zeros(len(self.envs), dtype=np.int64)
 
+    @property
+    def episode_counters(self) -> np.ndarray:
+        """``[E]`` index of each env's next episode (the array itself: assign into it to rewind)."""
+        return self._episode
+
     def _reset(self, i: int) -> np.ndarray:
         # Distinct, reproducible seeds per env and episode.
         seed = int(self._seed * 1_000_003 + i * 10_007 + int(self._episode[i]))
@@ -76,17 +96,31 @@ class RealSampler:
     def sample(self, act_fn: ActFn, num_steps: int, whole_episodes: bool = False) -> RealBatch:
         """Collect at least ``num_steps`` transitions over all envs (exactly, unless ``whole_episodes``).
 
-        Episodes start fresh at every call, so each call's data is a set of episode prefixes (or whole
-        episodes when ``whole_episodes``: then each env runs until its current episode ends and the total may
-        exceed ``num_steps``).
+        The envs step in lockstep, so each contributes ``num_steps // E`` rows (the first ``num_steps % E`` envs
+        one more): with one policy per env, every policy collects the same share. Episodes start fresh at every
+        call, so each call's data is a set of episode prefixes (or whole episodes when ``whole_episodes``: then
+        each env runs until its current episode ends and the total may exceed ``num_steps``).
         """
+        return self._run(act_fn, num_steps=num_steps, whole_episodes=whole_episodes)
+
+    def sample_episodes(self, act_fn: ActFn, per_env: int) -> RealBatch:
+        """Exactly ``per_env`` whole episodes in every env (each ends at termination or at the horizon)."""
+        if per_env < 1:
+            raise ValueError(f"per_env must be >= 1, got {per_env}")
+        return self._run(act_fn, episodes_per_env=per_env)
+
+    def _run(self, act_fn: ActFn, num_steps: int = 0, whole_episodes: bool = False,
+             episodes_per_env: int = 0) -> RealBatch:
+        """:meth:`sample` (``num_steps``) or :meth:`sample_episodes` (``episodes_per_env`` > 0)."""
         num_envs = len(self.envs)
+        finished = np.zeros(num_envs, dtype=np.int64)  # episodes ended per env in this call
         obs = np.stack([self._reset(i) for i in range(num_envs)])
         steps = np.zeros(num_envs, dtype=np.int64)
         ret = np.zeros(num_envs)
         active = np.ones(num_envs, dtype=bool)
         rows: list[dict[str, Any]] = []
         returns: list[float] = []
+        return_envs: list[int] = []
         while active.any():
             raw = np.asarray(act_fn(obs), dtype=np.float64).reshape(num_envs, -1)
             act = np.clip(raw, self.low, self.high)
@@ -101,26 +135,32 @@ class RealSampler:
                 obs[i] = next_obs
                 if terminated or truncated or steps[i] >= self.horizon:
                     returns.append(float(ret[i]))
+                    return_envs.append(i)
                     ret[i], steps[i] = 0.0, 0
                     self._episode[i] += 1
-                    if whole_episodes and len(rows) >= num_steps:
+                    finished[i] += 1
+                    if episodes_per_env:
+                        done_here = finished[i] >= episodes_per_env
+                    else:
+                        done_here = whole_episodes and len(rows) >= num_steps
+                    if done_here:
                         active[i] = False
                     else:
                         obs[i] = self._reset(i)
-                if not whole_episodes and len(rows) >= num_steps:
+                if not episodes_per_env and not whole_episodes and len(rows) >= num_steps:
                     active[:] = False
                     break
-        return _stack(rows, returns)
+        return _stack(rows, returns, return_envs)
 
 
-def _stack(rows: list[dict[str, Any]], returns: list[float]) -> RealBatch:
+def _stack(rows: list[dict[str, Any]], returns: list[float], return_envs: list[int]) -> RealBatch:
     def col(key: str, dtype: Any) -> np.ndarray:
         return np.asarray([r[key] for r in rows], dtype=dtype)
 
     return RealBatch(obs=col("obs", np.float64), act=col("act", np.float64), act_raw=col("act_raw", np.float64),
                      next_obs=col("next_obs", np.float64), reward=col("reward", np.float64),
                      done=col("done", bool), env=col("env", np.int64), episode=col("episode", np.int64),
-                     step=col("step", np.int64), episode_returns=returns)
+                     step=col("step", np.int64), episode_returns=returns, episode_envs=return_envs)
 
 
 def uniform_random_actions(low: np.ndarray, high: np.ndarray, rng: np.random.Generator) -> ActFn:

@@ -30,7 +30,7 @@ from mbmpo_core.episodes import pad_episodes
 from mbmpo_core.export import export_policy
 from mbmpo_core.imagination import Imagined
 from mbmpo_core.meta import Alpha, inner_step
-from mbmpo_core.meta_learner import MetaLearner, rollout_batch
+from mbmpo_core.meta_learner import MetaLearner, ProgressFn, rollout_batch
 from mbmpo_core.policy import GaussianMLPPolicy, Params
 from mbmpo_core.report import ProgressLog
 from mbmpo_core.sampler import RealBatch, RealSampler, uniform_random_actions
@@ -45,11 +45,12 @@ class SimTrainingLoop:
     :class:`MetaLearner` (``self.learner``)."""
 
     def __init__(self, config: Config, task: TaskSpec, run_dir: str | Path,
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print, progress: ProgressFn | None = None) -> None:
         self.config = config
         self.task = task
         self.run_dir = Path(run_dir)
         self.log = log
+        self.on_progress = progress  # where MetaLearner.improve reports its model epochs and meta-steps
         self.learner = MetaLearner(config, task)
         self.device = self.learner.device
         # Streams of their own (seed + 1), apart from the meta-learner's: warm-up actions, and the action noise
@@ -60,13 +61,14 @@ class SimTrainingLoop:
         self.store = TransitionStore(self.run_dir / "transitions", task.obs_dim, task.act_dim)
         self.progress = ProgressLog(self.run_dir)
         self.real_steps = 0
-        self.collect_params: Params | None = None  # [K, ...] adapted policies of the last iteration
-        # One env per ensemble member: the K adapted policies collect side by side.
-        num_models = config.ensemble.num_models
-        envs = [task.make_env(seed=config.seed * 100 + i) for i in range(num_models)]
+        self.collect_params: Params | None = None  # [M, ...] adapted policies of the last iteration
+        # One env per meta-batch task: the M adapted policies collect side by side (the paper: a rollout per task),
+        # and each is evaluated on its own env; the evaluation envs are apart from the collecting ones.
+        tasks = config.meta.meta_batch_size
+        envs = [task.make_env(seed=config.seed * 100 + i) for i in range(tasks)]
         self.sampler = RealSampler(envs, config.loop.horizon, task.action_low, task.action_high, seed=config.seed)
-        eval_env = task.make_env(seed=config.seed * 100 + 99)
-        self.eval_sampler = RealSampler([eval_env], config.loop.horizon, task.action_low, task.action_high,
+        eval_envs = [task.make_env(seed=config.seed * 100 + 99 + i) for i in range(tasks)]
+        self.eval_sampler = RealSampler(eval_envs, config.loop.horizon, task.action_low, task.action_high,
                                         seed=config.seed + 12345)
         save_config(config, self.run_dir / "config.yaml")
 
@@ -83,11 +85,11 @@ class SimTrainingLoop:
         t = time.perf_counter()
         train_returns = self._collect()
         sample_seconds = time.perf_counter() - t
-        report = self.learner.improve(self.store.load_all())
+        report = self.learner.improve(self.store.load_all(), progress=self.on_progress)
         self.collect_params = report.collect_params
         t = time.perf_counter()
-        return_pre, return_post = self._evaluate()
-        row = report.progress_row(self.real_steps, train_returns, return_pre, return_post,
+        real_returns = self.evaluate(report.collect_params)
+        row = report.progress_row(self.real_steps, train_returns, real_returns=real_returns,
                                   seconds={"sample": sample_seconds, "eval": time.perf_counter() - t})
         self.progress.append(row)
         self.progress.plot(f"MB-MPO on {self.task.name}")
@@ -101,7 +103,8 @@ class SimTrainingLoop:
 
     # ------------------------------------------------------------- collection
     def _collect(self) -> list[float]:
-        """Real data: random actions first, then the adapted policies (one per env); persisted before use."""
+        """Real data: random actions first, then the M adapted policies, one per env, each ``steps_per_iter / M``
+        steps (whole episodes where the horizon divides it); persisted before use."""
         if self.collect_params is None:
             act_fn = uniform_random_actions(self.task.action_low, self.task.action_high, self.rng)
             batch = self.sampler.sample(act_fn, self.config.loop.random_steps)
@@ -112,7 +115,8 @@ class SimTrainingLoop:
         return batch.episode_returns
 
     def _sampled_act_fn(self, params: Params) -> Callable[[np.ndarray], np.ndarray]:
-        """Env i acts with a sample of the policy ``params[i]`` (every tensor ``[E, ...]``)."""
+        """Env i acts with a sample of the policy ``params[i]`` (every tensor ``[E, ...]``, or ``[1, ...]``: one
+        policy for every env)."""
         def act(obs: np.ndarray) -> np.ndarray:
             o = torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(1)  # [E, 1, obs_dim]
             with torch.no_grad():
@@ -122,7 +126,7 @@ class SimTrainingLoop:
         return act
 
     def _mean_act_fn(self, params: Params) -> Callable[[np.ndarray], np.ndarray]:
-        """Env i acts with the mean action of ``params[i]``."""
+        """Env i acts with the mean action of ``params[i]`` (or of ``params[0]`` for ``[1, ...]`` params)."""
         def act(obs: np.ndarray) -> np.ndarray:
             o = torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(1)
             with torch.no_grad():
@@ -131,16 +135,35 @@ class SimTrainingLoop:
         return act
 
     # -------------------------------------------------------------- evaluation
-    def _evaluate(self) -> tuple[float, float]:
-        """Real return of theta (mean action) and of theta' adapted on real episodes of theta."""
-        episodes, horizon, m = self.config.loop.eval_episodes, self.config.loop.horizon, self.config.meta
-        policy = self.learner.policy
+    def evaluate(self, adapted: Params) -> dict[str, float]:
+        """Real returns of theta and of its adapted policies ``adapted`` (theta'_1..M, every tensor ``[M, ...]``);
+        evaluation episodes are not stored. Env m of the M evaluation envs runs ``loop.eval_episodes`` whole
+        episodes per policy set, from the same start states for every set (paired); a task's return is the mean
+        over its episodes, and each value below the mean over the M tasks:
+
+        * ``return_pre``: theta, sampled actions (the stochastic policy; as every return here, of the clipped
+          executed action, undiscounted, at most ``loop.horizon`` steps);
+        * ``return_post``: theta'_m on env m, sampled actions (the paper's post-update return);
+        * ``return_pre_det`` / ``return_post_det``: the same policies' mean actions;
+        * ``return_adapted_real``: theta adapted by one inner step on the ``return_pre`` episodes (pooled as one
+          task: what the robot's controller does), sampled actions.
+        """
+        episodes = self.config.loop.eval_episodes
+        policy, sampler = self.learner.policy, self.eval_sampler
         theta = {k: v.detach().unsqueeze(0) for k, v in policy.params().items()}
-        pre = self.eval_sampler.sample(self._mean_act_fn(theta), episodes * horizon, whole_episodes=True)
-        explore = self.eval_sampler.sample(self._sampled_act_fn(theta), episodes * horizon, whole_episodes=True)
-        adapted = adapt_on_real(policy, explore, self.learner.meta.alpha, m.gamma, m.gae_lambda, horizon)
-        post = self.eval_sampler.sample(self._mean_act_fn(adapted), episodes * horizon, whole_episodes=True)
-        return float(np.mean(pre.episode_returns)), float(np.mean(post.episode_returns))
+        first = sampler.episode_counters.copy()
+
+        def run(act_fn: Callable[[np.ndarray], np.ndarray]) -> RealBatch:
+            sampler.episode_counters[:] = first
+            return sampler.sample_episodes(act_fn, episodes)
+
+        pre = run(self._sampled_act_fn(theta))
+        m = self.config.meta
+        real = adapt_on_real(policy, pre, self.learner.meta.alpha, m.gamma, m.gae_lambda, self.config.loop.horizon)
+        returns = {"return_pre": pre, "return_post": run(self._sampled_act_fn(adapted)),
+                   "return_pre_det": run(self._mean_act_fn(theta)), "return_post_det": run(self._mean_act_fn(adapted)),
+                   "return_adapted_real": run(self._sampled_act_fn(real))}
+        return {name: batch.mean_return_over_envs() for name, batch in returns.items()}
 
     # -------------------------------------------------------------- checkpoint
     def save_checkpoint(self) -> Path:
@@ -177,18 +200,21 @@ class SimTrainingLoop:
 
 
 def episodes_as_task(batch: RealBatch, horizon: int, device: torch.device) -> Imagined:
-    """Real episodes of one env as a one-task batch: obs [1, E, H, obs_dim], act (raw) [1, E, H, act_dim],
-    rewards/mask [1, E, H]; episodes shorter than the horizon are zero-padded with mask 0."""
-    starts = np.flatnonzero(batch.step == 0)
+    """Real episodes (of one env or several: rows are grouped by env and episode) as a one-task batch:
+    obs [1, E, H, obs_dim], act (raw) [1, E, H, act_dim], rewards/mask [1, E, H] for E episodes; episodes shorter
+    than the horizon are zero-padded with mask 0."""
+    order = np.lexsort((np.arange(len(batch)), batch.episode, batch.env))  # by env, then episode, then time
+    step = batch.step[order]
+    starts = np.flatnonzero(step == 0)
     ends = np.append(starts[1:], len(batch))
-    padded = pad_episodes([(batch.obs[lo:hi], batch.act_raw[lo:hi], batch.reward[lo:hi])
+    obs, act_raw, reward = batch.obs[order], batch.act_raw[order], batch.reward[order]
+    padded = pad_episodes([(obs[lo:hi], act_raw[lo:hi], reward[lo:hi])
                            for lo, hi in zip(starts, ends, strict=True)], horizon)
 
     def t(x: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(x[None], dtype=torch.float32, device=device)
 
-    obs, act, rewards, mask = (t(x) for x in padded)
-    return Imagined(obs=obs, act=act, rewards=rewards, mask=mask)
+    return Imagined(*(t(x) for x in padded))
 
 
 def adapt_on_real(policy: GaussianMLPPolicy, batch: RealBatch, alpha: Alpha, gamma: float, lam: float,

@@ -12,7 +12,7 @@ import torch
 import sim.tasks
 from mbmpo_core.checkpoint import read_checkpoint, write_checkpoint
 from mbmpo_core.config import Config, EnsembleConfig, LoopConfig, MetaConfig, PolicyConfig
-from mbmpo_core.meta_learner import PHASES, MetaLearner
+from mbmpo_core.meta_learner import PHASES, ImproveProgress, MetaLearner, format_seconds
 from mbmpo_core.report import PROGRESS_COLUMNS
 from mbmpo_core.sampler import RealSampler, uniform_random_actions
 from sim import make_task
@@ -60,9 +60,11 @@ def test_improve_learns_from_stored_data_without_any_env(no_env: None) -> None:
     learner = MetaLearner(TINY, TASK)
     report = learner.improve(data)
     assert (report.iteration, learner.iteration, report.transitions) == (0, 1, 400)
-    # The K = 2 adapted policies that collect next: one per model, shaped like theta with a leading K.
+    # The M = 4 adapted policies that collect next: one per meta-batch task, shaped like theta with a leading M.
     for name, theta in learner.policy.params().items():
-        assert report.collect_params[name].shape == (2, *theta.shape), name
+        assert report.collect_params[name].shape == (4, *theta.shape), name
+    weights = report.collect_params["l0.weight"]
+    assert all(not torch.equal(weights[i], weights[j]) for i in range(4) for j in range(i))  # each its own step
     assert report.fit.valid_mse.shape == (2,) and np.all(np.isfinite(report.fit.valid_mse))
     assert np.isfinite(report.meta.outer_kl) and report.meta.outer_accepted in (0.0, 1.0)
     assert set(report.seconds) == set(PHASES) and all(s > 0 for s in report.seconds.values())
@@ -72,6 +74,38 @@ def test_improve_learns_from_stored_data_without_any_env(no_env: None) -> None:
     assert learner.improve({k: v[:200] for k, v in data.items()}).iteration == 1
     torch.testing.assert_close(learner.policy.obs_mean, mean_before, rtol=0, atol=0)
 
+
+
+def test_the_collecting_policies_are_adapted_from_the_final_theta() -> None:
+    # With no inner step (ME-TRPO) every task's adapted policy is theta itself: the theta after the last outer
+    # step, not the one before it, which the last meta-step adapted.
+    learner = MetaLearner(replace(TINY, meta=replace(TINY.meta, inner_lr=0.0)), TASK)
+    report = learner.improve(DATA_400)
+    assert report.meta.outer_accepted == 1.0
+    for name, theta in learner.policy.params().items():
+        torch.testing.assert_close(report.collect_params[name], theta.detach().expand(4, *theta.shape), rtol=0,
+                                   atol=0, msg=name)
+
+
+def test_improve_reports_progress_at_every_model_epoch_and_meta_step() -> None:
+    events: list[ImproveProgress] = []
+    learner = MetaLearner(replace(TINY, meta=replace(TINY.meta, meta_steps=3)), TASK)
+    report = learner.improve(DATA_400, progress=events.append)
+    epochs = int(report.fit.epochs.max())
+    fit = [e for e in events if e.phase == "fit"]
+    meta = [e for e in events if e.phase == "meta"]
+    assert [e.epoch for e in fit] == list(range(epochs + 1)) and fit[0].max_epochs == TINY.ensemble.max_epochs
+    assert [e.meta_step for e in meta] == [0, 1, 2, 3] and all(e.meta_steps == 3 for e in meta)
+    assert events == fit + meta and all(e.iteration == 0 for e in events)
+    elapsed = [e.elapsed_s for e in events]
+    assert elapsed == sorted(elapsed) and elapsed[-1] <= sum(report.seconds.values()) + 1.0
+    assert np.isnan(fit[0].eta_s) and np.isfinite(meta[1].eta_s) and meta[-1].eta_s == 0.0
+    assert meta[2].describe().startswith("iteration 0: meta-step 2/3, ")
+    assert fit[1].describe().startswith(f"iteration 0: model fit, epoch 1/{TINY.ensemble.max_epochs}, ")
+    # The next call's fit knows the meta-step pace: its ETA is finite from the first epoch on.
+    later: list[ImproveProgress] = []
+    learner.improve(DATA_400, progress=later.append)
+    assert np.isfinite(later[1].eta_s) and later[0].iteration == 1
 
 
 def test_model_fit_uses_the_fifo_tail() -> None:
@@ -105,7 +139,8 @@ def test_without_episode_starts_imagination_starts_from_every_stored_state(no_en
 
     learner.start_states = spy  # type: ignore[method-assign]
     learner.improve(data)
-    assert len(seen) == 2 * TINY.meta.meta_steps and seen[0].shape == DATA_400["obs"].shape
+    # Pre- and post-update rollouts of every meta-step, and the final adaptation's.
+    assert len(seen) == 2 * TINY.meta.meta_steps + 1 and seen[0].shape == DATA_400["obs"].shape
     learner = MetaLearner(TINY, TASK)
     learner.start_states = spy  # type: ignore[method-assign]
     learner.improve(DATA_400)
@@ -144,6 +179,14 @@ def test_progress_row_has_the_progress_columns_and_sums_the_phases() -> None:
     assert (row["iteration"], row["real_steps"], row["return_train"], row["return_pre"]) == (0.0, 400.0, 2.0, 5.0)
     assert np.isnan(row["return_post"]) and np.isnan(row["outer_kl"])  # no meta-step ran
     assert row["time_total"] == pytest.approx(3.0 + sum(report.seconds.values()))
+    evaluated = report.progress_row(400, real_returns={"return_pre": 1.0, "return_post_det": 2.0})
+    assert set(evaluated) <= set(PROGRESS_COLUMNS)
+    assert (evaluated["return_pre"], evaluated["return_post_det"]) == (1.0, 2.0)
+    assert np.isnan(evaluated["return_post"]) and np.isnan(evaluated["return_adapted_real"])
+
+
+def test_format_seconds() -> None:
+    assert [format_seconds(s) for s in (4.4, 59.6, 185, 3725)] == ["4 s", "1 min 00 s", "3 min 05 s", "1 h 02 min"]
 
 
 @pytest.mark.parametrize(("change", "message"), [

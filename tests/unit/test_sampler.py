@@ -32,3 +32,34 @@ def test_whole_episodes_end_at_termination_or_horizon() -> None:
     assert batch.done[-1] or last == 29
     assert len(batch.episode_returns) == len(np.unique(batch.episode))
     np.testing.assert_allclose(sum(batch.episode_returns), batch.reward.sum())
+
+
+def test_every_env_collects_the_same_share() -> None:
+    task = make_task("InvertedPendulum-v5", horizon=20)
+    sampler = RealSampler([task.make_env(seed=i) for i in range(4)], 20, task.action_low, task.action_high)
+    batch = sampler.sample(lambda obs: np.zeros((obs.shape[0], 1)), 82)
+    assert np.bincount(batch.env).tolist() == [21, 21, 20, 20]
+
+
+def test_sample_episodes_runs_exactly_that_many_whole_episodes_per_env() -> None:
+    task = make_task("InvertedPendulum-v5", horizon=30)
+    sampler = RealSampler([task.make_env(seed=i) for i in range(3)], 30, task.action_low, task.action_high, seed=1)
+
+    def act(obs: np.ndarray) -> np.ndarray:  # env 0 falls at once, env 1 slower, env 2 balances to the horizon
+        return np.array([[3.0], [0.3], [0.0]])[: obs.shape[0]] * np.sign(obs[:, 1:2] + 1e-9)
+
+    batch = sampler.sample_episodes(act, 2)
+    assert sorted(batch.episode_envs) == [0, 0, 1, 1, 2, 2] and len(batch.episode_returns) == 6
+    for env in range(3):
+        rows = batch.env == env
+        assert np.unique(batch.episode[rows]).tolist() == [0, 1]
+        ends = batch.done[rows] | (batch.step[rows] == 29)
+        assert ends.sum() == 2 and ends[-1]  # two episodes, each run to its end
+    assert sampler.episode_counters.tolist() == [2, 2, 2]
+    per_env = [np.mean([r for r, e in zip(batch.episode_returns, batch.episode_envs, strict=True) if e == env])
+               for env in range(3)]
+    assert batch.mean_return_over_envs() == np.mean(per_env)
+    # Rewound counters replay the same start states.
+    sampler.episode_counters[:] = 0
+    again = sampler.sample_episodes(act, 2)
+    np.testing.assert_array_equal(again.obs, batch.obs)

@@ -11,6 +11,7 @@ import torch
 from mbmpo_core.config import Config, EnsembleConfig, LoopConfig, MetaConfig, PolicyConfig
 from mbmpo_core.imagination import imagine, task_models
 from mbmpo_core.onnx_runtime import OnnxPolicy, validate_policy_file
+from mbmpo_core.sampler import RealBatch
 from mbmpo_core.sim_loop import SimTrainingLoop, episodes_as_task
 from sim import make_task
 
@@ -125,9 +126,71 @@ def test_zero_inner_lr_is_me_trpo(tmp_path: Path) -> None:
         torch.testing.assert_close(adapted, adapted[:1].expand_as(adapted), rtol=0, atol=0, msg=name)
 
 
-def test_episodes_as_task_pads_with_zero_mask() -> None:
-    from mbmpo_core.sampler import RealBatch
+def constant_policies(loop: SimTrainingLoop, actions: list[float]) -> dict[str, torch.Tensor]:
+    """One policy per task whose action is ``actions[m]`` (no noise): zero last layer, bias = the action."""
+    params = {k: v.detach().unsqueeze(0).repeat(len(actions), *([1] * v.dim()))
+              for k, v in loop.learner.policy.params().items()}
+    last = loop.learner.policy.param_names()[-3].rsplit(".", 1)[0]  # the output layer (before log_std)
+    params[f"{last}.weight"].zero_()
+    params[f"{last}.bias"][:] = torch.tensor(actions)[:, None]
+    params["log_std"][:] = -30.0
+    return params
 
+
+def test_every_adapted_policy_collects_its_share(tmp_path: Path) -> None:
+    loop = make_loop(tmp_path)
+    loop.iteration()  # the warm-up and a first iteration
+    assert loop.collect_params is not None and loop.collect_params["log_std"].shape[0] == TINY.meta.meta_batch_size
+    actions = [-1.5, -0.5, 0.5, 1.5]  # task m's policy executes actions[m]
+    loop.collect_params = constant_policies(loop, actions)
+    before = len(loop.store)
+    loop._collect()
+    act = loop.store.load_all()["act"][before:, 0]
+    share = TINY.loop.steps_per_iter // TINY.meta.meta_batch_size
+    assert [int(np.sum(np.isclose(act, a))) for a in actions] == [share] * 4
+
+
+def test_evaluation_pairs_its_policy_sets_and_stores_nothing(tmp_path: Path) -> None:
+    config = replace(TINY, loop=replace(TINY.loop, eval_episodes=2))
+    loop = make_loop(tmp_path, config)
+    loop.iteration()
+    stored = len(loop.store)
+    batches: list[RealBatch] = []
+    sample_episodes = loop.eval_sampler.sample_episodes
+
+    def spy(act_fn: object, per_env: int) -> RealBatch:
+        batches.append(sample_episodes(act_fn, per_env))  # type: ignore[arg-type]
+        return batches[-1]
+
+    loop.eval_sampler.sample_episodes = spy  # type: ignore[method-assign]
+    theta = {k: v.detach().unsqueeze(0).expand(4, *v.shape) for k, v in loop.learner.policy.params().items()}
+    returns = loop.evaluate(theta)
+    assert set(returns) == {"return_pre", "return_post", "return_pre_det", "return_post_det", "return_adapted_real"}
+    assert all(np.isfinite(v) for v in returns.values())
+    # Every set: 2 whole episodes on each of the M = 4 evaluation envs; none of it stored.
+    assert [sorted(b.episode_envs) for b in batches] == [[0, 0, 1, 1, 2, 2, 3, 3]] * 5 and len(loop.store) == stored
+    # The same start states for every set: theta's mean actions give the same return as pre and as post.
+    assert returns["return_pre_det"] == returns["return_post_det"]
+    # Task averaging: policy m acts on env m; the mean over tasks of each one's return (same start states).
+    start = loop.eval_sampler.episode_counters.copy()
+
+    def post_det(actions: list[float]) -> float:
+        loop.eval_sampler.episode_counters[:] = start
+        return loop.evaluate(constant_policies(loop, actions))["return_post_det"]
+
+    batches.clear()
+    low, high, mixed = post_det([0.0] * 4), post_det([3.0] * 4), post_det([0.0, 0.0, 3.0, 3.0])
+
+    def env_mean(batch: RealBatch, env: int) -> float:
+        return float(np.mean([r for r, e in zip(batch.episode_returns, batch.episode_envs, strict=True) if e == env]))
+
+    low_batch, high_batch = batches[3], batches[8]  # the post_det set (4th of 5) of the first two calls
+    assert low != high
+    assert mixed == pytest.approx(np.mean([env_mean(low_batch, 0), env_mean(low_batch, 1), env_mean(high_batch, 2),
+                                           env_mean(high_batch, 3)]))
+
+
+def test_episodes_as_task_pads_with_zero_mask() -> None:
     steps = np.array([0, 1, 2, 0, 1])
     batch = RealBatch(obs=np.arange(10.0).reshape(5, 2), act=np.zeros((5, 1)), act_raw=np.ones((5, 1)),
                       next_obs=np.zeros((5, 2)), reward=np.arange(5.0), done=np.zeros(5, bool),
@@ -136,6 +199,18 @@ def test_episodes_as_task_pads_with_zero_mask() -> None:
     assert traj.obs.shape == (1, 2, 4, 2)
     assert traj.mask.tolist() == [[[1, 1, 1, 0], [1, 1, 0, 0]]]
     assert traj.rewards.tolist() == [[[0, 1, 2, 0], [3, 4, 0, 0]]]
+
+
+def test_episodes_as_task_separates_the_envs_of_a_lockstep_batch() -> None:
+    # Two envs stepped in lockstep: their rows interleave (env 0 ends its episode after 2 steps, env 1 after 3).
+    env = np.array([0, 1, 0, 1, 1])
+    steps = np.array([0, 0, 1, 1, 2])
+    batch = RealBatch(obs=np.arange(5.0)[:, None], act=np.zeros((5, 1)), act_raw=np.zeros((5, 1)),
+                      next_obs=np.zeros((5, 1)), reward=np.arange(5.0), done=np.zeros(5, bool), env=env,
+                      episode=np.zeros(5, np.int64), step=steps)
+    traj = episodes_as_task(batch, horizon=3, device=torch.device("cpu"))
+    assert traj.rewards.tolist() == [[[0, 2, 0], [1, 3, 4]]]
+    assert traj.mask.tolist() == [[[1, 1, 0], [1, 1, 1]]]
 
 
 def test_resume_refuses_a_checkpoint_of_another_program(tmp_path: Path) -> None:
