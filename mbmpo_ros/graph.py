@@ -65,11 +65,15 @@ class LaunchArgument:
 
 TRAIN_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument("sim", "true", "start a MuJoCo sim_robot per robot (true|false)"),
-    LaunchArgument("config", "", "mbmpo YAML config ('' = the package's config/default.yaml)"),
+    LaunchArgument("config", "", "mbmpo YAML config: a path, or a bare name (quickstart, quickstart.yaml) of the "
+                   "package's config/ ('' = config/default.yaml)"),
     LaunchArgument("task", "", "task name ('' = the config's)"),
     LaunchArgument("num_robots", "1", "number of robot namespaces"),
     LaunchArgument("namespace_prefix", "robot_", "robot i is <prefix><i>"),
     LaunchArgument("run_dir", "", "learner run directory ('' = a new one)"),
+    LaunchArgument("resume", "false", "continue the run in run_dir from its checkpoint and stored transitions"),
+    LaunchArgument("seed", "-1", "random seed of the learner (and of the robots' exploration: 1000 * seed + i); "
+                   "-1 = the config's"),
     LaunchArgument("steps", "0", "stop when the learner has stored this many real steps (0 = the config's "
                    "loop.total_steps, -1 = never)"),
     LaunchArgument("rate_hz", "0.0", "control rate of the controllers (0 = the task's)"),
@@ -106,6 +110,27 @@ def task_and_horizon(config_dir: Path, config: str = "", task: str = "") -> tupl
     return name, cfg.loop.horizon
 
 
+PARAMETER_FILES = ("learner.yaml", "controller.yaml", "sim_robot.yaml")  # node parameters, not mbmpo configs
+
+
+def resolve_config(config_dir: Path, config: str) -> str:
+    """The absolute path of ``config`` ('' stays ''): a path with a folder as given; a bare name (``quickstart``,
+    ``quickstart.yaml``) from ``config_dir`` (the package's config/), else from the working directory. A bare
+    name found in neither is a one-line :class:`GraphError` listing the package's configs."""
+    config = config.strip()
+    if not config:
+        return ""
+    path = Path(config).expanduser()
+    if len(path.parts) > 1 or path.is_absolute():
+        return str(path.resolve())
+    for candidate in (config_dir / config, config_dir / f"{config}.yaml", Path(config)):
+        if candidate.is_file():
+            return str(candidate.resolve())
+    known = sorted(p.name for p in config_dir.glob("*.yaml") if p.name not in PARAMETER_FILES)
+    raise GraphError(f"config {config!r} is neither in {config_dir} ({', '.join(known) or 'none'}) nor in the "
+                     f"working directory")
+
+
 def resolve_task(task: str) -> str:
     """``task`` as the nodes get it (a task file's path made absolute), after checking that it resolves."""
     name = str(Path(task).expanduser().resolve()) if is_task_file(task) else task
@@ -120,12 +145,13 @@ def controller_node(config_dir: Path, namespace: str, **overrides: ParamValue) -
 
 
 def train_graph(config_dir: Path, *, sim: bool = True, robots: int = 1, task: str = "", config: str = "",
-                run_dir: str = "", steps: int = 0, rate_hz: float = 0.0, warmup_policy: str = "",
-                namespace_prefix: str = "robot_") -> list[NodeDescription]:
+                run_dir: str = "", resume: bool = False, seed: int = -1, steps: int = 0, rate_hz: float = 0.0,
+                warmup_policy: str = "", namespace_prefix: str = "robot_") -> list[NodeDescription]:
     """The nodes of a training run: the learner first, then per robot a controller (and a sim_robot if ``sim``).
 
     ``config_dir`` holds the parameter files and default.yaml (the source tree's or the installed package's
-    config/); ``config`` and ``run_dir`` are made absolute (the nodes may run elsewhere). The controllers keep
+    config/); ``config`` (a bare name is one of ``config_dir``'s, see :func:`resolve_config`) and ``run_dir`` are
+    made absolute (the nodes may run elsewhere); ``resume`` needs an existing ``run_dir``. The controllers keep
     their batches for the learner; until the first policy they run ``warmup_policy`` ('' = random actions on
     simulated robots, the hold action on real ones: a real robot explores only when asked to).
     """
@@ -135,6 +161,11 @@ def train_graph(config_dir: Path, *, sim: bool = True, robots: int = 1, task: st
         raise GraphError(f"steps must be >= 0 (or -1: never stop), got {steps}")
     if not 0 <= rate_hz < math.inf:
         raise GraphError(f"rate_hz must be finite and >= 0, got {rate_hz}")
+    if resume and not (run_dir and Path(run_dir).is_dir()):
+        raise GraphError(f"resume needs the run directory to continue (run_dir), got {run_dir or 'none'!r}")
+    if seed < -1:
+        raise GraphError(f"seed must be >= 0 (or -1: the config's), got {seed}")
+    config = resolve_config(config_dir, config)
     warmup = warmup_policy or ("random" if sim else "hold")
     if warmup not in WARMUP_POLICIES:
         raise GraphError(f"warmup_policy must be one of {', '.join(WARMUP_POLICIES)}, got {warmup_policy!r}")
@@ -142,18 +173,23 @@ def train_graph(config_dir: Path, *, sim: bool = True, robots: int = 1, task: st
     namespaces = [f"{namespace_prefix}{i}" for i in range(robots)]
     learner: dict[str, ParamValue] = {"robots": namespaces, "task": task_name}
     if config:
-        learner["config"] = str(Path(config).resolve())
+        learner["config"] = config
     if run_dir:
         learner["run_dir"] = str(Path(run_dir).resolve())
+    if resume:
+        learner["resume"] = True
+    if seed >= 0:
+        learner["seed"] = seed
     if steps:
         learner["exit_after_steps"] = steps
     nodes = [NodeDescription("learner", "learner", "", (config_dir / "learner.yaml",), learner)]
     for i, ns in enumerate(namespaces):
-        nodes.append(controller_node(config_dir, ns, task=task_name, seed=i, horizon=horizon,
+        robot_seed = i if seed < 0 else 1000 * seed + i  # sim seeds 1000 apart: no shared reset states
+        nodes.append(controller_node(config_dir, ns, task=task_name, seed=robot_seed, horizon=horizon,
                                      rate_hz=float(rate_hz), warmup_policy=warmup, learner=True))
         if sim:
             nodes.append(NodeDescription("sim_robot", "sim_robot", ns, (config_dir / "sim_robot.yaml",),
-                                         {"task": task_name, "seed": i}))
+                                         {"task": task_name, "seed": robot_seed}))
     return nodes
 
 
@@ -178,6 +214,7 @@ def train_graph_from_launch(config_dir: Path, values: Mapping[str, str]) -> list
     return train_graph(config_dir, sim=parse_bool("sim", values["sim"]),
                        robots=_parse_int("num_robots", values["num_robots"]), task=values["task"],
                        config=values["config"], run_dir=values["run_dir"],
+                       resume=parse_bool("resume", values["resume"]), seed=_parse_int("seed", values["seed"]),
                        steps=_parse_int("steps", values["steps"]),
                        rate_hz=_parse_float("rate_hz", values["rate_hz"]),
                        warmup_policy=values["warmup_policy"].strip(), namespace_prefix=values["namespace_prefix"])

@@ -36,6 +36,7 @@ Run: ``python -m mbmpo_ros.learner --ros-args -p task:=InvertedPendulum-v5 -p ru
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -64,7 +65,7 @@ from mbmpo_ros.codec import CodecError, encode_ack, encode_policy, new_session_i
 from mbmpo_ros.ingest import Ingest, IngestResult
 from mbmpo_ros.qos import ACK_QOS, DIAGNOSTICS_QOS, POLICY_QOS, TRANSITIONS_QOS
 from mbmpo_ros.robot_returns import robot_returns
-from mbmpo_ros.spin import shut_down_meanwhile
+from mbmpo_ros.spin import ignore_sigint, shut_down_meanwhile
 
 POLICY_TOPIC = "/mbmpo/policy"
 POLICY_FILE = "policy.onnx"
@@ -148,6 +149,8 @@ class Learner(Node):
         self.shutdown_timeout_s = float(self._param("shutdown_timeout_s"))
         self.finished = threading.Event()  # exit_after_steps reached and the last iteration done
         self._stop = threading.Event()
+        self._commit = threading.Lock()  # held while an iteration's results are written: shutdown waits for it
+        self._abandon = threading.Event()  # shutdown gave up on the running iteration: write none of its results
         self._wake = threading.Event()
         self._policy_pub = self.create_publisher(UInt8MultiArray, POLICY_TOPIC, POLICY_QOS)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", DIAGNOSTICS_QOS)
@@ -285,6 +288,8 @@ class Learner(Node):
                 if self._iteration_due(stored) or self._final_iteration_due(stored):
                     self.run_iteration()
             except Exception as exc:  # keep ingesting: the data is safe, training can be retried by a restart
+                if not rclpy.ok(context=self.context):  # Ctrl-C while publishing: the node is going, not failing
+                    break
                 self.status.update(state="failed", error=f"{type(exc).__name__}: {exc}")
                 self.get_logger().error(f"training iteration failed: {traceback.format_exc()}")
                 self._stop.set()
@@ -299,18 +304,27 @@ class Learner(Node):
         return (bool(self.exit_after_steps) and stored >= self.exit_after_steps
                 and stored > self.steps_at_last_iteration and stored >= self.config.loop.random_steps)
 
-    def run_iteration(self) -> dict[str, float]:
-        """Train on a snapshot of the store, checkpoint, export and publish the policy; returns the progress row."""
+    def run_iteration(self) -> dict[str, float] | None:
+        """Train on a snapshot of the store, checkpoint, export and publish the policy; returns the progress row
+        (None: shutdown began during the iteration, whose results are dropped; the last checkpoint stands)."""
         data = self.ingest.snapshot()  # one frozen data set: batches that arrive meanwhile wait for the next
         stored = len(data["obs"])
         status = self.status.update(state=f"training iteration {self.meta_learner.iteration}")
         returns = self.ingest.take_returns(status.policy_id)
         robots = robot_returns(data, status.trained_on, status.policy_id, self.config.loop.horizon)
         report = self.meta_learner.improve(data)
-        row = report.progress_row(stored, returns, return_pre=robots.pre, return_post=robots.post)
+        with self._commit:  # shutdown waits for a write under way, and none starts once it gave up waiting
+            if self._abandon.is_set():
+                return None
+            return self._commit_iteration(report, stored, returns, robots, {"transitions": stored})
+
+    def _commit_iteration(self, report: Any, stored: int, returns: list[float], robots: Any,
+                          coverage: Any) -> dict[str, float]:
+        """Progress row, plot, checkpoint, policy.onnx, then the policy on /mbmpo/policy."""
+        row: dict[str, float] = report.progress_row(stored, returns, return_pre=robots.pre, return_post=robots.post)
         self.progress.append(row)
         self.progress.plot(f"MB-MPO on {self.task.name}")
-        write_checkpoint(self.run_dir, {**self.meta_learner.state_dict(), "learner_node": {"transitions": stored}})
+        write_checkpoint(self.run_dir, {**self.meta_learner.state_dict(), "learner_node": coverage})
         self._export_policy()
         self.status.update(state="publishing", iteration=self.meta_learner.iteration, trained_on=stored)
         status = self.status.update(state="waiting for data", policy_id=self.publish_latest())
@@ -373,12 +387,21 @@ class Learner(Node):
 
     # --------------------------------------------------------------- shutdown
     def stop(self) -> None:
-        """Stop the worker; a running iteration gets ``shutdown_timeout_s`` to finish (the store is durable)."""
+        """Stop the worker; a running iteration gets ``shutdown_timeout_s`` to finish, then it is abandoned: its
+        results are never written (the last checkpoint and every stored transition stay as they are)."""
         self._stop.set()
         self._wake.set()
         self._worker.join(timeout=self.shutdown_timeout_s)
         if self._worker.is_alive():
-            self.get_logger().warning("abandoning the running iteration; every transition is already stored")
+            with self._commit:  # a write under way ends first; none starts after this
+                self._abandon.set()
+            self.get_logger().warning("abandoning the running iteration; every transition and the last checkpoint "
+                                      "are stored (resume:=true continues)")
+
+    @property
+    def training_abandoned(self) -> bool:
+        """True after :meth:`stop` left an iteration computing in the worker thread (main() then exits at once)."""
+        return self._abandon.is_set() and self._worker.is_alive()
 
     def destroy_node(self) -> None:
         """Stop training, then release the ROS entities."""
@@ -410,9 +433,15 @@ def main(args: Sequence[str] | None = None) -> int:
         print(f"learner: error: {exc}", file=sys.stderr)
         return 2
     finally:
+        ignore_sigint()  # the launch relays a second Ctrl-C: it must not cut the cleanup short with a traceback
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+        ignore_sigint()
+        if node is not None and node.training_abandoned:  # do not wait for (or finalize under) a running iteration
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
     return 0
 
 

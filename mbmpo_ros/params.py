@@ -170,5 +170,6 @@ LEARNER_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("resume", False, "reopen run_dir and continue from its checkpoint and stored transitions"),
     ParamSpec("exit_after_steps", 0, "exit after this many stored real steps (and a last iteration); 0 = the "
               "config's loop.total_steps, -1 = never", low=-1),
-    ParamSpec("shutdown_timeout_s", 10.0, "how long a running iteration may take to finish on shutdown", low=0.0),
+    ParamSpec("shutdown_timeout_s", 2.0, "on shutdown, how long a running iteration may take to finish; after "
+              "that it is abandoned (the last checkpoint stands; resume:=true continues)", low=0.0),
 )

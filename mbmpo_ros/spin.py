@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
 import rclpy
@@ -27,9 +29,17 @@ def spin_until_shutdown(node: Node, executor: Executor) -> None:
         if not shut_down_meanwhile(node):
             raise
     finally:
+        ignore_sigint()  # the launch relays a second Ctrl-C: it must not cut the cleanup short with a traceback
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
+        ignore_sigint()  # rclpy's shutdown puts Python's Ctrl-C handler back
+
+
+def ignore_sigint() -> None:
+    """From now on Ctrl-C does nothing in this process (it is stopping already); only the main thread can say so."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def shut_down_meanwhile(node: Node) -> bool:
@@ -38,10 +48,22 @@ def shut_down_meanwhile(node: Node) -> bool:
 
 
 def run_node(name: str, make_node: Callable[[], Node], executor: Executor) -> int:
-    """Build a node and spin it; a bad parameter (``ValueError`` while building) is one line and exit code 2."""
+    """Build a node and spin it; a bad parameter (``ValueError`` while building) is one line and exit code 2.
+    Ctrl-C while the node is being built ends it quietly (exit code 0), as it does later."""
     try:
         node = make_node()
-    except ValueError as exc:
+    except KeyboardInterrupt:
+        ignore_sigint()
+        rclpy.try_shutdown()
+        ignore_sigint()
+        return 0
+    except Exception as exc:
+        if not rclpy.ok():  # Ctrl-C shut the context down under the constructor (e.g. RCLError on a publish)
+            ignore_sigint()
+            rclpy.try_shutdown()
+            return 0
+        if not isinstance(exc, ValueError):
+            raise
         print(f"{name}: error: {str(exc).splitlines()[0]}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2

@@ -92,6 +92,36 @@ def test_train_graph_nodes_and_overrides(tmp_path: Path) -> None:
     assert train_graph(CONFIG_DIR, sim=False)[1].overrides["task"] == "HalfCheetah-v5"
 
 
+def test_a_bare_config_name_is_the_packages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # ros2 launch runs anywhere: a bare name must not depend on the working directory
+    for name in ("quickstart.yaml", "quickstart"):
+        assert train_graph(CONFIG_DIR, config=name)[0].overrides["config"] == str(CONFIG_DIR / "quickstart.yaml")
+    (tmp_path / "mine.yaml").write_text("task: Hopper-v5\n")  # not in the package: the working directory's
+    assert train_graph(CONFIG_DIR, config="mine.yaml")[0].overrides["config"] == str(tmp_path / "mine.yaml")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "quickstart.yaml").write_text("task: Hopper-v5\n")  # a path with a folder: as given
+    assert train_graph(CONFIG_DIR, config="sub/quickstart.yaml")[0].overrides["task"] == "Hopper-v5"
+    with pytest.raises(GraphError) as info:
+        train_graph(CONFIG_DIR, config="nope.yaml")
+    assert str(info.value) == (f"config 'nope.yaml' is neither in {CONFIG_DIR} (default.yaml, halfcheetah_quick.yaml, "
+                               f"quickstart.yaml) nor in the working directory")
+
+
+def test_resume_and_seed(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    learner, controller, sim = train_graph(CONFIG_DIR, run_dir=str(tmp_path / "run"), resume=True, seed=3)
+    assert learner.overrides["resume"] is True and learner.overrides["seed"] == 3
+    assert controller.overrides["seed"] == sim.overrides["seed"] == 3000
+    assert "resume" not in train_graph(CONFIG_DIR)[0].overrides and "seed" not in train_graph(CONFIG_DIR)[0].overrides
+    with pytest.raises(GraphError, match=r"^resume needs the run directory to continue \(run_dir\), got 'none'$"):
+        train_graph(CONFIG_DIR, resume=True)
+    with pytest.raises(GraphError, match="resume needs the run directory"):
+        train_graph(CONFIG_DIR, resume=True, run_dir=str(tmp_path / "missing"))
+    values = {arg.name: arg.default for arg in TRAIN_ARGUMENTS} | {"resume": "true",
+                                                                   "run_dir": str(tmp_path / "run")}
+    assert train_graph_from_launch(CONFIG_DIR, values)[0].overrides["resume"] is True
+
+
 def test_random_warmup_only_where_training_asks_for_it() -> None:
     """Simulated robots explore with random actions until the first policy; real robots hold unless told to."""
     def warmup(**kwargs: Any) -> Any:
@@ -135,6 +165,8 @@ def test_bad_train_graph_input_is_one_line(kwargs: dict[str, Any], error: type[E
     ("sim", "maybe", "launch argument sim must be true or false, got 'maybe'"),
     ("num_robots", "two", "launch argument num_robots must be an integer, got 'two'"),
     ("rate_hz", "fast", "launch argument rate_hz must be a number, got 'fast'"),
+    ("resume", "yes", "launch argument resume must be true or false, got 'yes'"),
+    ("num_robots", "0", "the number of robots must be >= 1, got 0"),
 ])
 def test_bad_launch_argument_is_one_line(name: str, text: str, message: str) -> None:
     values = {arg.name: arg.default for arg in TRAIN_ARGUMENTS} | {name: text}
