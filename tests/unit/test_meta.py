@@ -344,6 +344,23 @@ def test_bad_options_are_rejected(kwargs: dict[str, object], needle: str) -> Non
         MetaOptimizer(_policy(), **kwargs)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("kl_hessian", ["exact", "first_order"])
+@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize("learn_inner_lr", [False, True])
+def test_every_option_combination_takes_an_improving_step(kl_hessian: str, first_order: bool,
+                                                          learn_inner_lr: bool) -> None:
+    policy = _policy()
+    alpha = 0.05
+    targets = torch.tensor([[1.0, -1.0], [0.5, 0.5], [-1.0, 0.0]], dtype=torch.float64)
+    pre, post = _pre_post(policy, alpha, seed=3, targets=targets)
+    for sub in (1.0, 0.5):
+        meta = MetaOptimizer(copy.deepcopy(policy), inner_lr=alpha, learn_inner_lr=learn_inner_lr,
+                             kl_hessian=kl_hessian, first_order=first_order, hvp_subsample=sub)  # type: ignore[arg-type]
+        stats = meta.outer_step(pre, post)
+        assert stats["accepted"] == 1.0 and stats["surrogate_after"] > stats["surrogate_before"]
+        assert 0.0 < stats["kl"] <= 0.01
+
+
 def test_subsample_steps_keeps_evenly_spaced_steps_of_every_rollout() -> None:
     policy = _policy()
     pre, _ = _pre_post(policy, 0.1)
