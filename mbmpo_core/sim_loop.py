@@ -12,7 +12,9 @@ the real env, the run directory (``progress.csv``, ``checkpoints/``, ``policy.on
 :class:`MetaLearner`'s, which the ROS learner node drives the same way with data that arrives over DDS.
 
 Everything a later iteration depends on (weights, RNG states, counters) is in the checkpoint, so a resumed run
-continues exactly as the uninterrupted one would.
+continues exactly as the uninterrupted one would. Real data is stored as it is collected (the warm-up too, one
+episode per env at a time), so a run killed at any moment resumes (:meth:`SimTrainingLoop.resume`) from its last
+checkpoint plus what was stored after it, or, before the first checkpoint, from the stored warm-up data.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mbmpo_core.checkpoint import read_checkpoint, write_checkpoint
+from mbmpo_core.checkpoint import has_checkpoint, read_checkpoint, write_checkpoint
 from mbmpo_core.config import Config, save_config
 from mbmpo_core.episodes import pad_episodes
 from mbmpo_core.export import export_policy
@@ -34,7 +36,7 @@ from mbmpo_core.meta_learner import MetaLearner, ProgressFn, rollout_batch
 from mbmpo_core.policy import GaussianMLPPolicy, Params
 from mbmpo_core.report import ProgressLog
 from mbmpo_core.sampler import RealBatch, RealSampler, uniform_random_actions
-from mbmpo_core.store import TransitionStore
+from mbmpo_core.store import TransitionStore, reconcile, store_coverage
 from mbmpo_core.task import TaskSpec
 
 POLICY_NAME = "policy.onnx"
@@ -74,8 +76,9 @@ class SimTrainingLoop:
 
     # ------------------------------------------------------------------ loop
     def train(self, total_steps: int, on_iteration: Callable[[dict[str, float]], None] | None = None) -> None:
-        """Run iterations until ``total_steps`` real steps are collected."""
-        while self.real_steps < total_steps:
+        """Run iterations until ``total_steps`` real steps are collected, and at least one (a run resumed after its
+        warm-up, before its first checkpoint, still owes iteration 0)."""
+        while self.real_steps < total_steps or self.learner.iteration == 0:
             row = self.iteration()
             if on_iteration is not None:
                 on_iteration(row)
@@ -106,13 +109,24 @@ class SimTrainingLoop:
         """Real data: random actions first, then the M adapted policies, one per env, each ``steps_per_iter / M``
         steps (whole episodes where the horizon divides it); persisted before use."""
         if self.collect_params is None:
-            act_fn = uniform_random_actions(self.task.action_low, self.task.action_high, self.rng)
-            batch = self.sampler.sample(act_fn, self.config.loop.random_steps)
-        else:
-            batch = self.sampler.sample(self._sampled_act_fn(self.collect_params), self.config.loop.steps_per_iter)
+            return self._warm_up()
+        batch = self.sampler.sample(self._sampled_act_fn(self.collect_params), self.config.loop.steps_per_iter)
         self.store.append(batch.transitions())
         self.real_steps += len(batch)
         return batch.episode_returns
+
+    def _warm_up(self) -> list[float]:
+        """Random actions until ``loop.random_steps`` real steps are stored (a resumed warm-up collects the rest),
+        stored one batch of an episode per env at a time: a kill loses at most the batch being collected."""
+        act_fn = uniform_random_actions(self.task.action_low, self.task.action_high, self.rng)
+        per_batch = len(self.sampler.envs) * self.config.loop.horizon
+        returns: list[float] = []
+        while self.real_steps < self.config.loop.random_steps:
+            batch = self.sampler.sample(act_fn, min(per_batch, self.config.loop.random_steps - self.real_steps))
+            self.store.append(batch.transitions())
+            self.real_steps += len(batch)
+            returns += batch.episode_returns
+        return returns
 
     def _sampled_act_fn(self, params: Params) -> Callable[[np.ndarray], np.ndarray]:
         """Env i acts with a sample of the policy ``params[i]`` (every tensor ``[E, ...]``, or ``[1, ...]``: one
@@ -168,15 +182,34 @@ class SimTrainingLoop:
     # -------------------------------------------------------------- checkpoint
     def save_checkpoint(self) -> Path:
         """The meta-learner's state and this loop's counters, RNGs and episode counters; written atomically."""
-        own = {"real_steps": self.real_steps, "transitions": len(self.store), "collect_params": self.collect_params,
+        own = {"real_steps": self.real_steps, "store": store_coverage(self.store),
+               "collect_params": self.collect_params,
                "rng": self.rng.bit_generator.state, "generator": self.generator.get_state(),
                "sampler_episodes": torch.tensor(self.sampler._episode),
                "eval_episodes": torch.tensor(self.eval_sampler._episode)}
         return write_checkpoint(self.run_dir, {**self.learner.state_dict(), "sim_loop": own})
 
+    def resume(self) -> None:
+        """Continue the run in the run directory: from its checkpoint if it has one, else from its stored data
+        (a run killed before its first checkpoint: the warm-up goes on from what it stored)."""
+        if has_checkpoint(self.run_dir):
+            self.load_checkpoint(self.run_dir)
+            return
+        self.real_steps = len(self.store)
+        # Fresh streams past the stored ones: replaying the seeded warm-up would store the same episodes twice.
+        self.rng = np.random.default_rng([self.config.seed + 1, self.real_steps])
+        stored_episodes = self.store.load_all()["episode"]
+        self.sampler._episode[:] = int(stored_episodes.max()) + 1 if len(stored_episodes) else 0
+        self.progress.truncate(0)
+        lost = f"; {len(self.store.corrupt)} corrupt batches skipped" if self.store.corrupt else ""
+        self.log(f"resume: no checkpoint yet; the warm-up continues from the {self.real_steps} stored transitions"
+                 f"{lost}")
+
     def load_checkpoint(self, path: str | Path) -> None:
-        """Restore a checkpoint written by :meth:`save_checkpoint` (``path``: file or run directory)."""
-        state = read_checkpoint(path, self.device)
+        """Restore a checkpoint written by :meth:`save_checkpoint` (``path``: file or run directory); the step count
+        becomes what the store holds (data stored after the checkpoint is used, data lost to corruption is
+        collected again), and the log says how the two differ."""
+        state = read_checkpoint(path, self.device, warn=lambda message: self.log(f"warning: {message}"))
         if "sim_loop" not in state:
             raise ValueError(f"{path}: not a checkpoint of the simulated training loop (written by the learner node?)")
         self.learner.load_state_dict(state)
@@ -187,12 +220,13 @@ class SimTrainingLoop:
         self.generator.set_state(own["generator"].cpu())
         self.sampler._episode[:] = own["sampler_episodes"].cpu().numpy()
         self.eval_sampler._episode[:] = own["eval_episodes"].cpu().numpy()
-        orphans = len(self.store) - int(own["transitions"])
-        if orphans > 0:
-            # Written by an iteration that crashed before its checkpoint: real data, kept and used.
-            self.log(f"resume: {orphans} transitions stored after the checkpoint are kept; "
-                     "the run continues from them, so it is not bit-identical to an uninterrupted one")
-            self.real_steps += orphans
+        account = reconcile(own.get("store", {"transitions": own.get("transitions", 0)}), self.store)
+        if account.lost or account.newer:
+            # Data of an iteration killed before its checkpoint is real data: kept and used. Data lost to corruption
+            # is collected again. Either way the run is no longer bit-identical to an uninterrupted one.
+            self.log(f"resume: {account.describe()}; real steps {self.real_steps} -> {account.held} (what the store "
+                     "holds)")
+        self.real_steps = account.held
         self.progress.truncate(self.learner.iteration)
 
     def close(self) -> None:

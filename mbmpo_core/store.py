@@ -361,6 +361,41 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+# ------------------------------------------------------------- checkpoints
+def store_coverage(store: TransitionStore) -> dict[str, int]:
+    """What a checkpoint written now covers of ``store``: ``{"transitions": valid transitions, "chunk": newest
+    chunk index}`` (a section of the checkpoint)."""
+    return {"transitions": len(store), "chunk": store.last_chunk}
+
+
+@dataclass(frozen=True)
+class StoreAccount:
+    """The store against a checkpoint's coverage: ``held`` valid transitions now, ``lost`` of those the checkpoint
+    covered and the store no longer holds valid (corruption since), ``newer`` stored after the checkpoint."""
+
+    held: int
+    lost: int
+    newer: int
+
+    def describe(self) -> str:
+        """One line for the resume log ('' when the store is exactly what the checkpoint covered)."""
+        parts = []
+        if self.lost:
+            parts.append(f"{self.lost} transitions the checkpoint covered are lost to corruption")
+        if self.newer:
+            parts.append(f"{self.newer} transitions stored after the checkpoint are kept")
+        return "; ".join(parts)
+
+
+def reconcile(coverage: Mapping[str, Any], store: TransitionStore) -> StoreAccount:
+    """Compare a checkpoint's :func:`store_coverage` with ``store`` now. A coverage without ``chunk`` (older
+    checkpoints) counts every stored transition as covered."""
+    covered = int(coverage.get("transitions", len(store)))
+    chunk = int(coverage.get("chunk", store.last_chunk))
+    still_there = store.transitions_through(chunk)
+    return StoreAccount(held=len(store), lost=max(0, covered - still_there), newer=len(store) - still_there)
+
+
 def fifo_tail(arrays: Mapping[str, np.ndarray], capacity: int) -> dict[str, np.ndarray]:
     """Keep the newest ``capacity`` rows of every ``[N, ...]`` array (the paper's 1e5-transition FIFO).
 

@@ -140,9 +140,13 @@ def _task_for_export(name: str) -> Any:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    """argparse type of a count: its error reads "argument --steps: must be a whole number >= 1, got 'abc'"."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
     return value
 
 
@@ -151,6 +155,8 @@ def _train(args: argparse.Namespace) -> int:
 
     config_path = args.config
     if args.resume is not None:
+        if args.run_dir is not None and args.run_dir != args.resume:
+            raise UsageError("--resume DIR continues the run in DIR: leave out --run-dir")
         config_path = _resume_config(args.resume, args.config)
     try:
         # The dataclass defaults equal config/default.yaml (a test holds them together); an installed
@@ -166,13 +172,35 @@ def _train(args: argparse.Namespace) -> int:
     _check_device(config.device)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = args.resume or args.run_dir or Path("runs") / f"{config.task}-s{config.seed}-{stamp}"
+    _check_run_dir(Path(run_dir), resume=args.resume is not None)
+    _warn_below_warm_up(config)
     return _run_training(config, task, Path(run_dir), resume=args.resume is not None, progress=not args.no_progress)
 
 
 def _resume_config(run_dir: Path, explicit: Path | None) -> Path:
-    if not (run_dir / "checkpoints" / "checkpoint.pt").is_file():
-        raise UsageError(f"--resume {run_dir}: no checkpoint at {run_dir / 'checkpoints' / 'checkpoint.pt'}")
-    return explicit if explicit is not None else run_dir / "config.yaml"
+    """The config of a resumed run: ``--config`` if given, else the one the run saved."""
+    _check_run_dir(run_dir, resume=True)
+    saved = run_dir / "config.yaml"
+    if explicit is None and not saved.is_file():
+        raise UsageError(f"--resume {run_dir}: the run's {saved.name} is missing; pass the run's --config")
+    return explicit if explicit is not None else saved
+
+
+def _check_run_dir(run_dir: Path, resume: bool) -> None:
+    """A new run needs a directory without a run in it; ``--resume`` one with a run (a checkpoint or stored data)."""
+    from mbmpo_core.checkpoint import check_fresh_or_resume
+
+    try:
+        check_fresh_or_resume(run_dir, resume, how_to_resume=f"--resume {run_dir}")
+    except ValueError as exc:
+        raise UsageError(f"{'--resume' if resume else '--run-dir'} {exc}") from None
+
+
+def _warn_below_warm_up(config: Any) -> None:
+    warm_up, total = config.loop.random_steps, config.loop.total_steps
+    if total < warm_up:
+        print(f"mbmpo: warning: {total} steps is below the warm-up (loop.random_steps = {warm_up}): the run "
+              f"collects {warm_up} random steps, trains one iteration and stops", file=sys.stderr)
 
 
 def _with_total_steps(config: Any, steps: int) -> Any:
@@ -205,12 +233,13 @@ def _run_training(config: Any, task: Any, run_dir: Path, resume: bool, progress:
 
     bar = tqdm(total=config.loop.total_steps, unit="step", desc=f"MB-MPO {config.task}", disable=not progress,
                dynamic_ncols=True)
-    loop = SimTrainingLoop(config, task, run_dir, log=tqdm.write)
-    if resume:
-        try:
-            loop.load_checkpoint(run_dir)
-        except ValueError as exc:  # a checkpoint of another format or config
-            raise UsageError(str(exc)) from None
+    try:  # a corrupt store.json or checkpoint, a checkpoint of another format or config: one line
+        loop = SimTrainingLoop(config, task, run_dir, log=tqdm.write)
+        if resume:
+            loop.resume()
+    except ValueError as exc:
+        bar.close()
+        raise UsageError(str(exc).splitlines()[0]) from None
     bar.update(min(loop.real_steps, config.loop.total_steps))
     tqdm.write(f"run directory: {run_dir}")
 

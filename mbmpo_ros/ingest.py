@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from mbmpo_core.store import SCHEMA, BatchKey, TransitionStore
+from mbmpo_core.store import SCHEMA, BatchKey, TransitionStore, store_coverage
 from mbmpo_ros.codec import ACK_MAX_MISSING, Ack, CodecError, SeqKind, SeqStatus, TransitionBatch, decode_transitions
 
 
@@ -284,8 +284,14 @@ class Ingest:
     def snapshot(self) -> dict[str, np.ndarray]:
         """Every transition stored so far, frozen (as :meth:`TransitionStore.load_all` returns it): the training
         thread's data set for one iteration; batches appended later are not in it."""
+        return self.covered_snapshot()[0]
+
+    def covered_snapshot(self) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+        """:meth:`snapshot` and the part of the store it covers (:func:`mbmpo_core.store.store_coverage`, for
+        the checkpoint of the iteration trained on it)."""
         with self.lock:
             batches = list(self.store.iter_batches())  # chunks are only appended: these stay as they are
+            coverage = store_coverage(self.store)
             if not batches:
-                return self.store.load_all()
-        return {spec.name: np.concatenate([b[spec.name] for b in batches]) for spec in SCHEMA}
+                return self.store.load_all(), coverage
+        return {spec.name: np.concatenate([b[spec.name] for b in batches]) for spec in SCHEMA}, coverage

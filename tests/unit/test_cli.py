@@ -70,9 +70,9 @@ def test_bad_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert f"{bad}: 'meta.max_kl' must be float" in error_line(capsys)
 
 
-def test_missing_resume_checkpoint_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_resume_of_a_directory_without_a_run_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--resume", str(tmp_path), "--no-progress"]) == 2
-    assert "no checkpoint" in error_line(capsys)
+    assert "nothing to resume (no checkpoint, no stored transitions)" in error_line(capsys)
 
 
 def test_cuda_without_gpu_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
