@@ -102,7 +102,8 @@ def resolve(name: str) -> TaskFactory:
     if ":" in name:
         return _load(name)
     known = ", ".join(task_names()) or "none (is the mbmpo_ros package installed? pip install -e .)"
-    raise UnknownTaskError(f"unknown task {name!r}; valid names: {known} (or 'package.module:factory')")
+    raise UnknownTaskError(f"unknown task {name!r}; valid names: {known} (or 'package.module:factory', or a robot's "
+                           "task file: a path ending in .yaml)")
 
 
 def make_task(name: str, horizon: int | None = None) -> TaskSpec:

@@ -395,8 +395,9 @@ class Learner(Node):
         if self._worker.is_alive():
             with self._commit:  # a write under way ends first; none starts after this
                 self._abandon.set()
-            self.get_logger().warning("abandoning the running iteration; every transition and the last checkpoint "
-                                      "are stored (resume:=true continues)")
+            # Printed, not logged: after Ctrl-C the node's logger cannot reach /rosout any more.
+            print(f"[{self.get_name()}] abandoning the running iteration; every transition and the last checkpoint "
+                  "are stored (resume:=true continues)", file=sys.stderr, flush=True)
 
     @property
     def training_abandoned(self) -> bool:
