@@ -5,11 +5,18 @@
     python benchmarks/compare.py report                                                # plots + Markdown table
     python benchmarks/compare.py list                                                  # arms, budgets, status
 
+Arms (:data:`ARMS`): MB-MPO and ME-TRPO (benchmarks/model_based.py, the project's SimTrainingLoop with
+benchmarks/cpu_small.yaml and cpu_small_metrpo.yaml), MB-MPC (benchmarks/mpc.py, random shooting on the same
+ensemble), to 100k real steps; SAC to 300k, PPO and TRPO to 1M (benchmarks/model_free.py, stable-baselines3 and
+sb3-contrib with rl-zoo's hyperparameters; `pip install -e .[bench]`). Tasks HalfCheetah-v5 and Hopper-v5 at
+horizon 200. MBPO / PETS from mbrl-lib are not an arm: mbrl 0.2.0 pins gymnasium==0.26.3 and hydra-core==1.0.3,
+which does not import on Python 3.11 (every mbrl module imports hydra).
+
 Every arm is evaluated by the protocol of benchmarks/eval_protocol.py (fixed real-step marks, 10 paired evaluation
 episodes, stochastic and deterministic). A run writes benchmarks/results/compare/<task>/<arm>-s<seed>.csv (one row
-per mark) and checkpoints after every mark under <task>/checkpoints/ (ignored by git); rerunning the same command
-resumes it, and a run whose CSV reaches its budget is never redone. Each run is a one-thread process, so
-`--jobs 2` keeps two going on a 2-core machine.
+per mark) and checkpoints as it goes under <task>/checkpoints/ (ignored by git: after every mark, model-based arms
+after every iteration); rerunning the same command resumes it, and a run whose CSV reaches its budget is never
+redone. Each run is a one-thread process, so `--jobs 2` keeps two going on a 2-core machine.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import signal
 import subprocess
 import sys
 import threading
@@ -95,12 +103,12 @@ def _mbmpc(spec: RunSpec) -> None:
 
 
 ARMS: dict[str, Arm] = {arm.name: arm for arm in (
-    Arm("mbmpo", "MB-MPO (cpu_small)", "model-based", 100_000, 2.0, _mbmpo),
-    Arm("metrpo", "ME-TRPO (cpu_small, inner_lr 0)", "model-based", 100_000, 2.0, _metrpo),
-    Arm("mbmpc", "MB-MPC (random shooting 1000 x 20)", "model-based", 100_000, 2.0, _mbmpc),
-    Arm("sac", "SAC (SB3, rl-zoo)", "model-free", 300_000, 50.0, _model_free),
-    Arm("ppo", "PPO (SB3, rl-zoo)", "model-free", 1_000_000, 200.0, _model_free),
-    Arm("trpo", "TRPO (sb3-contrib, rl-zoo)", "model-free", 1_000_000, 450.0, _model_free),
+    Arm("mbmpo", "MB-MPO (cpu_small)", "model-based", 100_000, 20.0, _mbmpo),
+    Arm("metrpo", "ME-TRPO (cpu_small, inner_lr 0)", "model-based", 100_000, 25.0, _metrpo),
+    Arm("mbmpc", "MB-MPC (random shooting 1000 x 20)", "model-based", 100_000, 1.5, _mbmpc),
+    Arm("sac", "SAC (SB3, rl-zoo)", "model-free", 300_000, 60.0, _model_free),
+    Arm("ppo", "PPO (SB3, rl-zoo)", "model-free", 1_000_000, 400.0, _model_free),
+    Arm("trpo", "TRPO (sb3-contrib, rl-zoo)", "model-free", 1_000_000, 800.0, _model_free),
 )}
 
 
@@ -123,8 +131,9 @@ def is_finished(spec: RunSpec) -> bool:
     return steps_done(spec) >= spec.budget
 
 
-def resume_command(arm: str, task: str, seeds: list[int]) -> str:
-    return f"python benchmarks/compare.py run --arm {arm} --task {task} --seeds {' '.join(map(str, seeds))}"
+def resume_command(arm: str, task: str, seeds: list[int], out: Path = RESULTS) -> str:
+    command = f"python benchmarks/compare.py run --arm {arm} --task {task} --seeds {' '.join(map(str, seeds))}"
+    return command if out.resolve() == RESULTS.resolve() else f"{command} --out {out}"
 
 
 # ----------------------------------------------------------------------------------------------------- run
@@ -165,10 +174,11 @@ def _pump(process: subprocess.Popen[str], log_path: Path) -> None:
             log.flush()
 
 
-def run_all(args: argparse.Namespace) -> int:
-    """Every unfinished run of every implemented arm, ``--jobs`` one-thread processes at a time, longest first."""
+def _pending_runs(args: argparse.Namespace) -> list[tuple[float, RunSpec]]:
+    """(estimated one-thread seconds left, spec) of every unfinished run of the chosen arms, longest first."""
     todo: list[tuple[float, RunSpec]] = []
-    for arm in ARMS.values():
+    for name in args.arms:
+        arm = ARMS[name]
         if arm.runner is None:
             print(f"skipping {arm.name}: {arm.missing}", flush=True)
             continue
@@ -177,30 +187,46 @@ def run_all(args: argparse.Namespace) -> int:
                 spec = run_spec(arm, task, seed, args.out, args.steps, args.mark_every)
                 if not is_finished(spec):
                     todo.append(((spec.budget - max(steps_done(spec), 0)) / arm.steps_per_s, spec))
-    todo.sort(key=lambda item: -item[0])
+    return sorted(todo, key=lambda item: -item[0])
+
+
+def run_all(args: argparse.Namespace) -> int:
+    """Every unfinished run of the chosen arms, ``--jobs`` one-thread processes at a time, longest first.
+
+    Each run's output goes to our stdout and to <out>/<task>/logs/<arm>-s<seed>.log. Stopping this process
+    (Ctrl-C, SIGTERM) stops the runs; each resumes from its last checkpoint next time.
+    """
+    todo = _pending_runs(args)
     print(f"{len(todo)} runs to go, {args.jobs} at a time: "
           + ", ".join(f"{spec.name} (~{cost / 3600:.1f} h)" for cost, spec in todo), flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     running: list[tuple[RunSpec, subprocess.Popen[str], threading.Thread]] = []
     failed: list[str] = []
     queue = [spec for _, spec in todo]
-    while queue or running:
-        while queue and len(running) < args.jobs:
-            spec = queue.pop(0)
-            process = subprocess.Popen(_child_command(spec, args), cwd=REPO, env=env, text=True,
-                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            log_path = args.out / spec.task / "logs" / f"{spec.arm}-s{spec.seed}.log"
-            pump = threading.Thread(target=_pump, args=(process, log_path), daemon=True)
-            pump.start()
-            running.append((spec, process, pump))
-        time.sleep(1.0)
-        for item in [item for item in running if item[1].poll() is not None]:
-            spec, process, pump = item
-            pump.join()
-            running.remove(item)
-            if process.returncode != 0:
-                log = f"{spec.task}/logs/{spec.arm}-s{spec.seed}.log"
-                failed.append(f"{spec.name} (exit {process.returncode}; log {log})")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally below
+    try:
+        while queue or running:
+            while queue and len(running) < args.jobs:
+                spec = queue.pop(0)
+                process = subprocess.Popen(_child_command(spec, args), cwd=REPO, env=env, text=True,
+                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                log_path = args.out / spec.task / "logs" / f"{spec.arm}-s{spec.seed}.log"
+                pump = threading.Thread(target=_pump, args=(process, log_path), daemon=True)
+                pump.start()
+                running.append((spec, process, pump))
+            time.sleep(1.0)
+            for item in [item for item in running if item[1].poll() is not None]:
+                spec, process, pump = item
+                pump.join()
+                running.remove(item)
+                if process.returncode != 0:
+                    log = f"{spec.task}/logs/{spec.arm}-s{spec.seed}.log"
+                    failed.append(f"{spec.name} (exit {process.returncode}; log {log})")
+    finally:
+        for _, process, _ in running:
+            process.terminate()
+        for _, process, _ in running:
+            process.wait()
     if failed:
         print("failed: " + "; ".join(failed), file=sys.stderr)
         return 1
@@ -319,7 +345,7 @@ def table(out: Path, tasks: list[str], column: str, seeds: list[int]) -> str:
             lines.append(f"| {task} | {arm.label} | " + " | ".join(cells) + " | "
                          + " | ".join(_cost_cells(found)) + " | "
                          + " | ".join(_efficiency_cells(arm, found, target, column)) + " | "
-                         + _status(arm, task, found, seeds) + " |")
+                         + _status(arm, task, found, seeds, out) + " |")
     lines += ["", f"Source: {provenance()}."]
     return "\n".join(lines)
 
@@ -346,14 +372,14 @@ def _efficiency_cells(arm: Arm, found: ArmCurves | None, target: np.ndarray, col
     return [f"{steps // 1000}k", f"{steps / REFERENCE_STEPS:.1f}x"]
 
 
-def _status(arm: Arm, task: str, found: ArmCurves | None, seeds: list[int]) -> str:
+def _status(arm: Arm, task: str, found: ArmCurves | None, seeds: list[int], out: Path) -> str:
     if arm.runner is None:
         return "not implemented"
     done = found.finished if found else []
     todo = [s for s in seeds if s not in done]
     if not todo:
         return f"{len(done)} seeds done"
-    return f"{len(done)}/{len(seeds)} seeds done; resume: `{resume_command(arm.name, task, todo)}`"
+    return f"{len(done)}/{len(seeds)} seeds done; resume: `{resume_command(arm.name, task, todo, out)}`"
 
 
 def plot(out: Path, tasks: list[str], column: str, log_x: bool) -> Path:
@@ -383,7 +409,8 @@ def plot(out: Path, tasks: list[str], column: str, log_x: bool) -> Path:
         ax.set_xlabel("real environment steps")
         ax.set_ylabel(f"average return ({'deterministic' if column == 'return_det' else 'stochastic'})")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if curves:
+            ax.legend(fontsize=7)
     fig.text(0.01, 0.005, provenance().replace("`", ""), fontsize=6)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     path = out / f"compare_{'logx' if log_x else 'linear'}_{column}.png"
@@ -405,6 +432,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--task", choices=TASKS, help="with --arm (default: both tasks with --all)")
     run.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS), help="with --all")
     run.add_argument("--jobs", type=int, default=2, help="with --all: processes at a time")
+    run.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=list(ARMS), help="with --all")
     report = sub.add_parser("report", help="plots (PNG) and the Markdown table")
     report.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
     report.add_argument("--returns", choices=("det", "stoch"), default="det", help="which evaluation return")
@@ -426,6 +454,9 @@ def main() -> int:
         return 0
     if args.command == "report":
         column = f"return_{args.returns}"
+        if not any(load_curves(args.out, task) for task in args.tasks):
+            print(f"no curves under {args.out} yet: start runs with `python benchmarks/compare.py run ...`")
+            return 1
         for log_x in (False, True):
             print(f"wrote {plot(args.out, args.tasks, column, log_x)}")
         print(table(args.out, args.tasks, column, args.seeds))
