@@ -53,13 +53,13 @@ from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
 from std_msgs.msg import Float64MultiArray, Int64MultiArray, UInt8MultiArray
 
-from mbmpo_core.checkpoint import checkpoint_path, read_checkpoint, write_checkpoint
+from mbmpo_core.checkpoint import existing_run, has_checkpoint, read_checkpoint, write_checkpoint
 from mbmpo_core.config import Config, load_config, save_config
 from mbmpo_core.export import export_policy
 from mbmpo_core.meta_learner import MetaLearner
 from mbmpo_core.registry import make_task
 from mbmpo_core.report import ProgressLog
-from mbmpo_core.store import TransitionStore
+from mbmpo_core.store import TransitionStore, reconcile
 from mbmpo_core.task import TaskSpec
 from mbmpo_ros.codec import CodecError, encode_ack, encode_policy, new_session_id
 from mbmpo_ros.ingest import Ingest, IngestResult
@@ -191,25 +191,23 @@ class Learner(Node):
 
     def _open_store(self) -> TransitionStore:
         """The run's transition store; a run directory that already holds a run needs ``resume:=true``."""
-        has_checkpoint = checkpoint_path(self.run_dir).is_file()
-        store = TransitionStore(self.run_dir / "transitions", self.task.obs_dim, self.task.act_dim)
-        if not self.resume and (len(store) or has_checkpoint):
-            raise ValueError(f"{self.run_dir} already holds a run; set resume:=true to continue it")
-        return store
+        held = existing_run(self.run_dir)  # (a file there: one-line ValueError)
+        if held and not self.resume:
+            raise ValueError(f"{self.run_dir} already holds a run ({held}); set resume:=true to continue it")
+        return TransitionStore(self.run_dir / "transitions", self.task.obs_dim, self.task.act_dim)
 
     def _restore(self) -> None:
         """Resume: the meta-learner from the checkpoint; every stored transition counts as trained on."""
-        if not (self.resume and checkpoint_path(self.run_dir).is_file()):
+        if not (self.resume and has_checkpoint(self.run_dir)):
             return
-        state = read_checkpoint(self.run_dir, self.meta_learner.device)
+        state = read_checkpoint(self.run_dir, self.meta_learner.device,
+                                warn=lambda message: self.get_logger().warning(message))
         self.meta_learner.load_state_dict(state)
         self.progress.truncate(self.meta_learner.iteration)
-        stored = self.ingest.stored()
-        newer = stored - int(state.get("learner_node", {}).get("transitions", stored))
-        if newer > 0:
-            self.get_logger().info(f"resume: {newer} transitions arrived after the checkpoint; the next "
-                                   f"iteration trains on them")
-        self.status.update(iteration=self.meta_learner.iteration, trained_on=stored)
+        account = reconcile(state.get("learner_node", {}), self.ingest.store)
+        if account.lost or account.newer:
+            self.get_logger().info(f"resume: {account.describe()}; {account.held} stored transitions")
+        self.status.update(iteration=self.meta_learner.iteration, trained_on=account.held)
 
     def _subscribe(self, robot: str) -> Any:
         def callback(msg: Float64MultiArray) -> None:
@@ -307,7 +305,7 @@ class Learner(Node):
     def run_iteration(self) -> dict[str, float] | None:
         """Train on a snapshot of the store, checkpoint, export and publish the policy; returns the progress row
         (None: shutdown began during the iteration, whose results are dropped; the last checkpoint stands)."""
-        data = self.ingest.snapshot()  # one frozen data set: batches that arrive meanwhile wait for the next
+        data, coverage = self.ingest.covered_snapshot()  # frozen: batches that arrive meanwhile wait for the next
         stored = len(data["obs"])
         status = self.status.update(state=f"training iteration {self.meta_learner.iteration}")
         returns = self.ingest.take_returns(status.policy_id)
