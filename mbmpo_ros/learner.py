@@ -314,7 +314,7 @@ class Learner(Node):
         with self._commit:  # shutdown waits for a write under way, and none starts once it gave up waiting
             if self._abandon.is_set():
                 return None
-            return self._commit_iteration(report, stored, returns, robots, {"transitions": stored})
+            return self._commit_iteration(report, stored, returns, robots, coverage)
 
     def _commit_iteration(self, report: Any, stored: int, returns: list[float], robots: Any,
                           coverage: Any) -> dict[str, float]:
