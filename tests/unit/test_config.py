@@ -42,7 +42,7 @@ def test_meta_knobs_load_from_yaml(tmp_path: Path) -> None:
     assert (m.adapt_inner_kl_coef, m.promp_lr, m.promp_steps) == (False, 3e-4, 3)
     assert (c.ensemble.patience, c.ensemble.improvement_threshold) == (7, 0.02)
     defaults = Config().meta
-    assert (defaults.kl_hessian, defaults.hvp_subsample, defaults.first_order) == ("exact", 1.0, False)
+    assert (defaults.kl_hessian, defaults.hvp_subsample, defaults.first_order) == ("first_order", 0.2, False)
 
 
 def test_round_trip(tmp_path: Path) -> None:
