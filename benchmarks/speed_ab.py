@@ -4,11 +4,11 @@
     python benchmarks/speed_ab.py --cases cpu_small --pairs 3
     python benchmarks/speed_ab.py --base <commit> --head <commit> --device cuda
 
-Both commits are checked out into ``git worktree``s (``--workdir``), and every measurement is a fresh child process
-of this interpreter with that worktree first on ``sys.path``: the two sides share the Python environment and differ
-only in the repository's code, each with its own copy of the config file (its own defaults). The runs alternate
-A B A B ...: on a machine shared with other jobs the load drifts slowly compared with one pair, so each pair's
-ratio B/A is its own measurement; the table gives the median over pairs.
+Both commits are checked out into ``git worktree``s (``--workdir``, default /tmp/mbmpo_speed_ab), and every
+measurement is a fresh child process of this interpreter with that worktree first on ``sys.path``: the two sides
+share the Python environment and differ only in the repository's code, each with its own copy of the config file
+(its own defaults). The runs alternate A B A B ...: on a machine shared with other jobs the load drifts slowly
+compared with one pair, so each pair's ratio A/B is its own measurement; the table gives the median over pairs.
 
 Cases (HalfCheetah-v5, horizon 200):
 
@@ -59,17 +59,17 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    if args.case == "prepare":
+    if args.child == "prepare":
         prepare(Path(args.cache), Path(args.src), args.device)
         return
     from mbmpo_core.config import load_config
     from sim import make_task
 
-    config_file = "benchmarks/cpu_small.yaml" if args.case == "cpu_small" else "config/default.yaml"
+    config_file = "benchmarks/cpu_small.yaml" if args.child == "cpu_small" else "config/default.yaml"
     config = load_config(Path(args.src) / config_file, task="HalfCheetah-v5", device=args.device)
     task = make_task(config.task, horizon=config.loop.horizon)
     loop = _training_loop(config, task, Path(args.run_dir))
-    if args.case == "cpu_small":
+    if args.child == "cpu_small":
         timed = [0, 1]
     else:
         _preload(loop, Path(args.cache), torch.device(args.device))
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pairs", type=int, default=2, help="A B pairs per case")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--workdir", type=Path, default=HERE / "results" / "cache" / "speed_ab",
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "mbmpo_speed_ab",
                         help="worktrees, the shared 100k data and pre-fitted weights, run directories")
     parser.add_argument("--child", choices=(*CASES, "prepare"), help=argparse.SUPPRESS)
     parser.add_argument("--src", help=argparse.SUPPRESS)
