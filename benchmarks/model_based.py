@@ -31,7 +31,6 @@ from eval_protocol import (
     ticking,
 )
 
-from mbmpo_core.checkpoint import checkpoint_path
 from mbmpo_core.config import load_config
 from mbmpo_core.policy import GaussianMLPPolicy
 from mbmpo_core.registry import make_task
@@ -53,6 +52,8 @@ def policy_of(policy: GaussianMLPPolicy, generator: torch.Generator) -> Policy:
 def _catch_up(loop: SimTrainingLoop, name: str) -> None:
     """After a crash between an iteration's collection and its checkpoint, the loop resumes with that data stored
     but not learned from; learn from it now, so the next mark (perhaps the last) sees the policy trained on it."""
+    if loop.learner.iteration == 0:
+        return  # no iteration finished: the next one completes the warm-up and learns from all of it
     trained_on = loop.config.loop.random_steps + (loop.learner.iteration - 1) * loop.config.loop.steps_per_iter
     if loop.real_steps <= trained_on:
         return
@@ -73,12 +74,11 @@ def run_meta_rl(spec: RunSpec, config_path: Path) -> None:
     state = resume_state(state_path, spec)
     curve, clock = resume_curve(spec, state)
     run_dir = spec.checkpoint_dir / "run"
-    resumable = state is not None and checkpoint_path(run_dir).is_file()
-    if not resumable:
-        shutil.rmtree(run_dir, ignore_errors=True)  # transitions of a first iteration that never finished
+    if state is None:
+        shutil.rmtree(run_dir, ignore_errors=True)  # a run directory this run's state does not know
     loop = SimTrainingLoop(config, task, run_dir, log=lambda line: print(f"{spec.name}: {line}", flush=True))
-    if resumable:
-        loop.load_checkpoint(run_dir)
+    if state is not None:
+        loop.resume()  # from the loop's checkpoint, or from its stored warm-up if it has none yet
         _catch_up(loop, spec.name)
     stale = [m for m in spec.marks if curve.last_steps < m < loop.real_steps]
     if stale:
@@ -100,17 +100,20 @@ def run_meta_rl(spec: RunSpec, config_path: Path) -> None:
             print(progress(curve.append(mark, result, clock)), flush=True)
         save_state(state_path, spec, curve, clock, real_steps=loop.real_steps)
 
-    def next_collect() -> int:
-        return config.loop.random_steps if loop.learner.iteration == 0 else config.loop.steps_per_iter
+    def next_learning() -> int:
+        """Real steps at which the next iteration's policy takes over (the end of its collection)."""
+        if loop.learner.iteration == 0:
+            return config.loop.random_steps
+        return loop.real_steps + config.loop.steps_per_iter
 
-    evaluate_marks(upto=loop.real_steps + next_collect())
-    while loop.real_steps < spec.budget:
+    evaluate_marks(upto=next_learning())
+    while loop.real_steps < spec.budget or loop.learner.iteration == 0:
         with ticking(lambda elapsed: f"{spec.name}: iteration {loop.learner.iteration} running for "
                                      f"{elapsed:.0f} s ({loop.real_steps} real steps before it)"):
             row = loop.iteration()
         print(f"{spec.name}: iteration {int(row['iteration'])} done at {int(row['real_steps'])} steps in "
               f"{row['time_total']:.0f} s (fit {row['time_fit']:.0f}, outer {row['time_outer']:.0f})", flush=True)
-        upto = loop.real_steps + next_collect() if loop.real_steps < spec.budget else spec.budget + 1
+        upto = next_learning() if loop.real_steps < spec.budget else spec.budget + 1
         evaluate_marks(upto)
     loop.close()
     eval_env.close()
