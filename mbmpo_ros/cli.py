@@ -18,7 +18,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.yaml"
+# config/ of the source tree (editable install), else the one setup.py installs to share/mbmpo_ros/config.
+CONFIG_DIRS = (Path(__file__).resolve().parent.parent / "config", Path(sys.prefix) / "share" / "mbmpo_ros" / "config")
+DEFAULT_CONFIG = CONFIG_DIRS[0] / "default.yaml"
+PROGRESS_EVERY_S = 2.0  # the bar's postfix shows where an iteration is, refreshed at most this often
+PROGRESS_LINE_EVERY_S = 30.0  # without a bar (--no-progress): a progress line at most this often
 
 
 class UsageError(Exception):
@@ -50,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train MB-MPO on a MuJoCo task")
     train.add_argument("--config", type=Path, default=None,
-                       help="YAML config (default: the paper's defaults, config/default.yaml)")
+                       help="YAML config (default: by device: the paper's config/default.yaml on CUDA, the CPU "
+                            "profile config/cpu.yaml otherwise)")
     train.add_argument("--task", help="task name, e.g. HalfCheetah-v5 (overrides the config)")
     train.add_argument("--steps", type=_positive_int, help="real environment steps (overrides loop.total_steps)")
     train.add_argument("--seed", type=int, help="random seed (overrides the config)")
@@ -58,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--run-dir", type=Path, help="run directory (default: runs/<task>-s<seed>-<time>)")
     train.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--threads", type=_positive_int, default=None,
+                       help="torch threads (default: chosen for the machine, 1 on <= 4 cores; OMP_NUM_THREADS)")
     train.set_defaults(func=_train)
     export = sub.add_parser("export", help="export a run's meta-policy as ONNX (with its inner-step graph)")
     export.add_argument("source", type=Path, help="run directory or checkpoint file")
@@ -161,9 +168,10 @@ def _train(args: argparse.Namespace) -> int:
     try:
         # The dataclass defaults equal config/default.yaml (a test holds them together); an installed
         # (non-editable) package has no config/ beside it, so fall back to them.
-        if config_path is None and DEFAULT_CONFIG.is_file():
-            config_path = DEFAULT_CONFIG
-        config = load_config(config_path, task=args.task, seed=args.seed, device=args.device)
+        device = args.device
+        if config_path is None:
+            config_path, device = _default_config(args.device)
+        config = load_config(config_path, task=args.task, seed=args.seed, device=device)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
     if args.steps is not None:
@@ -174,7 +182,22 @@ def _train(args: argparse.Namespace) -> int:
     run_dir = args.resume or args.run_dir or Path("runs") / f"{config.task}-s{config.seed}-{stamp}"
     _check_run_dir(Path(run_dir), resume=args.resume is not None)
     _warn_below_warm_up(config)
-    return _run_training(config, task, Path(run_dir), resume=args.resume is not None, progress=not args.no_progress)
+    return _run_training(config, task, Path(run_dir), resume=args.resume is not None, progress=not args.no_progress,
+                         threads=args.threads or 0)
+
+
+def _default_config(device: str | None) -> tuple[Path | None, str | None]:
+    """The config (and device) of a run without ``--config``, chosen by device and printed with the reason; the
+    dataclass defaults (the paper's) where no config folder is installed."""
+    from mbmpo_core.runtime import default_config
+
+    folder = next((d for d in CONFIG_DIRS if d.is_dir()), None)
+    if folder is None:
+        print("config: the built-in paper defaults (no config/ folder found)")
+        return None, device
+    chosen = default_config(folder, device or "")
+    print(chosen.describe())
+    return chosen.path, chosen.device
 
 
 def _resume_config(run_dir: Path, explicit: Path | None) -> Path:
@@ -226,15 +249,19 @@ def _check_device(device: str) -> None:
         raise UsageError(f"device '{device}' asked for, but this torch build sees no CUDA GPU")
 
 
-def _run_training(config: Any, task: Any, run_dir: Path, resume: bool, progress: bool) -> int:
+def _run_training(config: Any, task: Any, run_dir: Path, resume: bool, progress: bool, threads: int = 0) -> int:
     from tqdm import tqdm
 
+    from mbmpo_core.runtime import apply_threads, choose_threads
     from mbmpo_core.sim_loop import SimTrainingLoop
 
+    choice = choose_threads(threads)
+    apply_threads(choice)  # before any torch work
+    print(choice.describe())
     bar = tqdm(total=config.loop.total_steps, unit="step", desc=f"MB-MPO {config.task}", disable=not progress,
                dynamic_ncols=True)
     try:  # a corrupt store.json or checkpoint, a checkpoint of another format or config: one line
-        loop = SimTrainingLoop(config, task, run_dir, log=tqdm.write)
+        loop = SimTrainingLoop(config, task, run_dir, log=tqdm.write, progress=_progress_display(bar, progress))
         if resume:
             loop.resume()
     except ValueError as exc:
@@ -245,7 +272,7 @@ def _run_training(config: Any, task: Any, run_dir: Path, resume: bool, progress:
 
     def report(row: dict[str, float]) -> None:
         bar.update(max(0, min(int(row["real_steps"]), config.loop.total_steps) - bar.n))
-        bar.set_postfix(pre=f"{row['return_pre']:.1f}", post=f"{row['return_post']:.1f}")
+        bar.set_postfix_str(f"pre {row['return_pre']:.1f}, post {row['return_post']:.1f}")
         split = ", ".join(f"{k[5:]} {row[k]:.1f}s" for k in ("time_sample", "time_fit", "time_imagine",
                                                             "time_inner", "time_outer", "time_eval"))
         tqdm.write(f"iter {int(row['iteration'])}: real steps {int(row['real_steps'])}, return pre "
@@ -260,6 +287,30 @@ def _run_training(config: Any, task: Any, run_dir: Path, resume: bool, progress:
     tqdm.write(f"done: {loop.real_steps} real steps; see {run_dir / 'progress.csv'} and "
                f"{run_dir / 'learning_curve.png'}")
     return 0
+
+
+def _progress_display(bar: Any, with_bar: bool) -> Any:
+    """The loop's progress callback: where an iteration is (phase, model epoch or meta-step, elapsed, ETA), as the
+    bar's postfix at most every PROGRESS_EVERY_S, or without a bar as a line at most every PROGRESS_LINE_EVERY_S."""
+    from tqdm import tqdm
+
+    from mbmpo_core.meta_learner import ImproveProgress
+
+    every = PROGRESS_EVERY_S if with_bar else PROGRESS_LINE_EVERY_S
+    last = [-float("inf")]
+
+    def show(event: ImproveProgress) -> None:
+        now = time.monotonic()
+        first_of_phase = (event.epoch if event.phase == "fit" else event.meta_step) == 0
+        if now - last[0] < every and not first_of_phase:
+            return
+        last[0] = now
+        if with_bar:
+            bar.set_postfix_str(event.describe())
+        else:
+            tqdm.write(event.describe())
+
+    return show
 
 
 if __name__ == "__main__":

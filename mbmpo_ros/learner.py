@@ -22,9 +22,11 @@ Threads and what each owns (callbacks run on one single-threaded executor):
   iteration, last error), written by the worker and read by the diagnostics timer. ``_wake``, ``_stop`` and
   ``finished`` are events.
 
-Status goes to ``/diagnostics`` once a second.
+Status goes to ``/diagnostics`` once a second; while an iteration runs, ``progress.*`` values say where it is
+(phase, model epoch, meta-step, elapsed and estimated remaining seconds), from MetaLearner.improve's progress events.
 
-Parameters: ``config`` (mbmpo YAML; default the package's config/default.yaml), ``task`` and ``seed``
+Parameters: ``config`` (mbmpo YAML; default by device: the package's config/default.yaml on CUDA, config/cpu.yaml
+otherwise), ``threads`` (torch threads; 0: chosen for the machine, set before any work), ``task`` and ``seed``
 (override the config), ``run_dir``, ``robots`` (namespaces), ``min_new_steps`` (0: loop.steps_per_iter),
 ``resume``, ``exit_after_steps`` (0: the config's ``loop.total_steps``; -1: never), ``shutdown_timeout_s``.
 
@@ -36,6 +38,7 @@ Run: ``python -m mbmpo_ros.learner --ros-args -p task:=InvertedPendulum-v5 -p ru
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -56,7 +59,7 @@ from std_msgs.msg import Float64MultiArray, Int64MultiArray, UInt8MultiArray
 from mbmpo_core.checkpoint import existing_run, has_checkpoint, read_checkpoint, write_checkpoint
 from mbmpo_core.config import Config, load_config, save_config
 from mbmpo_core.export import export_policy
-from mbmpo_core.meta_learner import MetaLearner
+from mbmpo_core.meta_learner import ImproveProgress, MetaLearner
 from mbmpo_core.registry import make_task
 from mbmpo_core.report import ProgressLog
 from mbmpo_core.store import TransitionStore, reconcile
@@ -73,17 +76,23 @@ PACKAGE = "mbmpo_ros"
 
 
 def default_config_path() -> str:
-    """config/default.yaml from the installed share directory, else from the source tree ("" if neither)."""
+    """The config of a learner without one, by device (:func:`mbmpo_core.runtime.default_config`: the paper's
+    default.yaml on CUDA, the CPU profile cpu.yaml otherwise) from the installed share directory, else from the
+    source tree ("" if neither)."""
+    from mbmpo_core.runtime import default_config
+
+    folders = [Path(__file__).resolve().parent.parent / "config"]
     try:
         from ament_index_python.packages import get_package_share_directory
 
-        shared = Path(get_package_share_directory(PACKAGE)) / "config" / "default.yaml"
-        if shared.is_file():
-            return str(shared)
+        folders.insert(0, Path(get_package_share_directory(PACKAGE)) / "config")
     except (ImportError, LookupError, ValueError, OSError):
         pass  # not installed by colcon: use the source tree
-    repo = Path(__file__).resolve().parent.parent / "config" / "default.yaml"
-    return str(repo) if repo.is_file() else ""
+    for folder in folders:
+        chosen = default_config(folder)
+        if chosen.path.is_file():
+            return str(chosen.path)
+    return ""
 
 
 def transitions_topic(namespace: str) -> str:
@@ -106,6 +115,7 @@ class TrainingStatus:
     policy_id: str = ""  # of the last published policy
     trained_on: int = 0  # transitions of the last iteration (a resumed run counts what it already has as used)
     error: str = ""  # of the failed iteration, if one failed
+    progress: tuple[tuple[str, str], ...] = ()  # where the running iteration is (progress.* diagnostics values)
 
 
 class SharedStatus:
@@ -132,6 +142,7 @@ class Learner(Node):
     def __init__(self, **node_kwargs: Any) -> None:
         super().__init__("learner", **node_kwargs)
         self._declare_parameters()
+        self._set_threads()
         self.config = self._load_config()
         self.run_dir = self._run_dir()
         self.resume = bool(self._param("resume"))
@@ -178,8 +189,19 @@ class Learner(Node):
     def _param(self, name: str) -> Any:
         return self.get_parameter(name).value
 
+    def _set_threads(self) -> None:
+        """torch threads, before any torch work: the ``threads`` parameter, else chosen for the machine."""
+        from mbmpo_core.runtime import apply_threads, choose_threads
+
+        choice = choose_threads(int(self._param("threads")))
+        apply_threads(choice)
+        self.get_logger().info(choice.describe())
+
     def _load_config(self) -> Config:
         path = str(self._param("config")) or default_config_path() or None
+        if not str(self._param("config")):
+            self.get_logger().info(f"config: {path or 'the built-in paper defaults'} (no config parameter: chosen "
+                                   "by device, the paper's default.yaml on CUDA, the CPU profile cpu.yaml otherwise)")
         seed = int(self._param("seed"))
         return load_config(path, task=str(self._param("task")) or None, seed=seed if seed >= 0 else None)
 
@@ -310,7 +332,7 @@ class Learner(Node):
         status = self.status.update(state=f"training iteration {self.meta_learner.iteration}")
         returns = self.ingest.take_returns(status.policy_id)
         robots = robot_returns(data, status.trained_on, status.policy_id, self.config.loop.horizon)
-        report = self.meta_learner.improve(data)
+        report = self.meta_learner.improve(data, progress=self._on_progress)
         with self._commit:  # shutdown waits for a write under way, and none starts once it gave up waiting
             if self._abandon.is_set():
                 return None
@@ -330,6 +352,15 @@ class Learner(Node):
             f"iteration {report.iteration}: {stored} transitions, policy {status.policy_id[:12]}, "
             f"train return {row['return_train']:.2f}, model valid loss {row['model_valid_loss']:.4g}")
         return row
+
+    def _on_progress(self, event: ImproveProgress) -> None:
+        """MetaLearner.improve's progress (worker thread), shown on /diagnostics while the iteration runs."""
+        self.status.update(progress=(
+            ("progress.phase", "model fit" if event.phase == "fit" else "meta-training"),
+            ("progress.model_epoch", f"{event.epoch}/{event.max_epochs}"),
+            ("progress.meta_step", f"{event.meta_step}/{event.meta_steps}"),
+            ("progress.elapsed_s", f"{event.elapsed_s:.0f}"),
+            ("progress.eta_s", f"{event.eta_s:.0f}" if math.isfinite(event.eta_s) else "unknown")))
 
     def _export_policy(self) -> str:
         """Write ``<run_dir>/policy.onnx`` (and its inner-step graph); returns the policy id."""
@@ -360,6 +391,8 @@ class Learner(Node):
         values = {"stored_transitions": self.ingest.stored(), "iteration": status.iteration,
                   "last_policy_id": status.policy_id, "training_state": status.state,
                   "steps_at_last_iteration": status.trained_on, "run_dir": str(self.run_dir)}
+        if status.state.startswith("training"):
+            values.update(status.progress)
         gaps = 0
         for robot, c in sorted(self.ingest.counters.items()):
             gaps += c.gaps

@@ -161,7 +161,8 @@ SIM_ROBOT_PARAMS: tuple[ParamSpec, ...] = (
 )
 
 LEARNER_PARAMS: tuple[ParamSpec, ...] = (
-    ParamSpec("config", "", "mbmpo YAML config; '' = the package's config/default.yaml"),
+    ParamSpec("config", "", "mbmpo YAML config; '' = by device: the package's config/default.yaml on CUDA, "
+              "config/cpu.yaml otherwise"),
     ParamSpec("task", "", "task name (overrides the config's); '' = the config's"),
     ParamSpec("run_dir", "", "run directory; '' = runs/learner-<task>-s<seed>-<time>"),
     ParamSpec("robots", ["robot_0"], "robot namespaces whose <ns>/mbmpo/transitions are ingested"),
@@ -170,6 +171,8 @@ LEARNER_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("resume", False, "reopen run_dir and continue from its checkpoint and stored transitions"),
     ParamSpec("exit_after_steps", 0, "exit after this many stored real steps (and a last iteration); 0 = the "
               "config's loop.total_steps, -1 = never", low=-1),
+    ParamSpec("threads", 0, "torch threads; 0 = chosen for the machine (1 on <= 4 cores; OMP_NUM_THREADS)",
+              low=0),
     ParamSpec("shutdown_timeout_s", 2.0, "on shutdown, how long a running iteration may take to finish; after "
               "that it is abandoned (the last checkpoint stands; resume:=true continues)", low=0.0),
 )

@@ -278,3 +278,29 @@ def episode_returns_by_policy(store: TransitionStore) -> dict[str, list[float]]:
     for lo, hi in itertools.pairwise(starts):
         out.setdefault(str(data["policy_id"][lo]), []).append(float(data["reward"][lo:hi].sum()))
     return out
+
+
+def test_threads_and_iteration_progress_on_diagnostics(ros_graph: Any, tmp_path: Path) -> None:
+    import torch
+
+    from mbmpo_core.meta_learner import ImproveProgress
+
+    before = torch.get_num_threads()
+    learner = make_learner(ros_graph, tmp_path / "run", write_config(tmp_path / "c.yaml", random_steps=10**6),
+                           threads=2)
+    try:
+        assert torch.get_num_threads() == 2  # set at start, before any training
+        learner._on_progress(ImproveProgress(iteration=0, phase="meta", epoch=12, max_epochs=30, meta_step=3,
+                                             meta_steps=20, elapsed_s=41.4, eta_s=170.2))
+
+        def values() -> dict[str, str]:
+            return {kv.key: kv.value for kv in learner.diagnostic_status().values}
+
+        assert "progress.phase" not in values()  # shown only while an iteration runs
+        learner.status.update(state="training iteration 0")
+        assert {k: v for k, v in values().items() if k.startswith("progress.")} == {
+            "progress.phase": "meta-training", "progress.model_epoch": "12/30", "progress.meta_step": "3/20",
+            "progress.elapsed_s": "41", "progress.eta_s": "170"}
+    finally:
+        drop_learner(ros_graph, learner)
+        torch.set_num_threads(before)

@@ -1,6 +1,7 @@
 """The mbmpo command line: one-line errors with exit code 2, and train -> resume -> export end to end."""
 
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -135,3 +136,72 @@ def test_evaluate_with_adaptation_moves_the_parameters(tmp_path: Path) -> None:
     assert report.params is not None
     moved = sum(float(np.abs(report.params[k] - policy.params[k]).sum()) for k in policy.param_names)
     assert moved > 1e-3
+
+
+class _StubLoop:
+    """Stands for SimTrainingLoop: records what train built it with, trains nothing."""
+
+    built: ClassVar[list[object]] = []
+
+    def __init__(self, config: object, task: object, run_dir: Path, log: object = None, progress: object = None):
+        self.real_steps = 0
+        self.progress_fn = progress
+        _StubLoop.built.append(config)
+
+    def train(self, total_steps: int, on_iteration: object = None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_train_sets_threads_and_chooses_the_config_by_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from mbmpo_core import runtime, sim_loop
+    from mbmpo_core.config import load_config
+
+    monkeypatch.setattr(sim_loop, "SimTrainingLoop", _StubLoop)
+    monkeypatch.setattr(runtime, "cuda_available", lambda: False)
+    monkeypatch.setattr(runtime, "cpu_cores", lambda: 2)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    _StubLoop.built.clear()
+    try:
+        assert main(["train", "--run-dir", str(tmp_path / "a"), "--no-progress"]) == 0
+        out = capsys.readouterr().out
+        assert "config/cpu.yaml (the CPU profile: no CUDA device" in out
+        assert "torch threads: 1 (2 CPU cores: one thread" in out and torch.get_num_threads() == 1
+        cpu = load_config(Path(__file__).resolve().parents[2] / "config" / "cpu.yaml")
+        assert _StubLoop.built == [cpu]
+        assert main(["train", "--run-dir", str(tmp_path / "b"), "--threads", "2", "--no-progress"]) == 0
+        assert "torch threads: 2 (asked for)" in capsys.readouterr().out and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    with pytest.raises(SystemExit, match="2"):
+        main(["train", "--threads", "0", "--no-progress"])
+    assert "argument --threads: must be a whole number >= 1, got '0'" in capsys.readouterr().err
+
+
+def test_progress_lines_without_a_bar_are_rate_limited(monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from mbmpo_core.meta_learner import ImproveProgress
+    from mbmpo_ros import cli
+
+    clock = [100.0]
+    monkeypatch.setattr(cli.time, "monotonic", lambda: clock[0])
+    show = cli._progress_display(bar=None, with_bar=False)
+
+    def event(phase: str, epoch: int, step: int) -> ImproveProgress:
+        return ImproveProgress(iteration=2, phase=phase, epoch=epoch, max_epochs=30, meta_step=step, meta_steps=20,
+                               elapsed_s=clock[0] - 100.0, eta_s=95.0)
+
+    show(event("fit", 0, 0))  # a phase's start is always shown
+    clock[0] += 5.0
+    show(event("fit", 1, 0))  # 5 s later: not yet
+    show(event("meta", 9, 0))
+    clock[0] += cli.PROGRESS_LINE_EVERY_S
+    show(event("meta", 9, 3))
+    assert capsys.readouterr().out.splitlines() == [
+        "iteration 2: model fit, epoch 0/30, 0 s, ETA 1 min 35 s",
+        "iteration 2: meta-step 0/20, 5 s, ETA 1 min 35 s",
+        "iteration 2: meta-step 3/20, 35 s, ETA 1 min 35 s",
+    ]
