@@ -25,8 +25,9 @@ def episode_batch(seq: int, episode: int, rewards: list[float], adapted: bool, p
     """One episode of a robot as one batch: random states (the learner fits them), the given rewards."""
     n = len(rewards)
     rng = np.random.default_rng(seq)
-    return TransitionBatch(obs=rng.normal(size=(n, 4)), act=rng.uniform(-3, 3, (n, 1)), next_obs=rng.normal(size=(n, 4)),
-                           reward=np.asarray(rewards, np.float64), done=np.zeros(n, bool), step=np.arange(n),
+    return TransitionBatch(obs=rng.normal(size=(n, 4)), act=rng.uniform(-3, 3, (n, 1)),
+                           next_obs=rng.normal(size=(n, 4)), reward=np.asarray(rewards, np.float64),
+                           done=np.zeros(n, bool), step=np.arange(n),
                            episode=np.full(n, episode), adapted=np.full(n, adapted), robot="robot_0",
                            policy_id=policy, seq=seq, session="s1")
 

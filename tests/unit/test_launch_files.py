@@ -418,7 +418,7 @@ def test_launcher_refuses_a_run_directory_that_holds_a_run_unless_resume(tmp_pat
          "done": np.zeros(1, bool)})
     (tmp_path / "file").write_text("x")
     cases = [
-        (["--run-dir", str(run)], f"--run-dir {run} already holds a run (1 stored transition batches); continue it "
+        (["--run-dir", str(run)], f"--run-dir {run} already holds a run (1 stored transition batch); continue it "
                                   "with --resume or choose another run directory"),
         (["--run-dir", str(tmp_path / "file")], f"--run-dir {tmp_path / 'file'} is a file, not a run directory"),
         (["--run-dir", str(tmp_path / "empty"), "--resume"], f"--run-dir {tmp_path / 'empty'}: nothing to resume"),
