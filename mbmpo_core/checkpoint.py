@@ -140,7 +140,7 @@ def existing_run(run_dir: str | Path) -> str:
         parts.append("a checkpoint")
     chunks = len(list((run_dir / TRANSITIONS_DIR).glob("chunk-*.mbt"))) if (run_dir / TRANSITIONS_DIR).is_dir() else 0
     if chunks:
-        parts.append(f"{chunks} stored transition batches")
+        parts.append(f"{chunks} stored transition batch{'' if chunks == 1 else 'es'}")
     return " and ".join(parts)
 
 

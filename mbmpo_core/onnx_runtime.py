@@ -96,7 +96,11 @@ class OnnxPolicy:
         self.obs_dim, self.act_dim = int(self.metadata["obs_dim"]), int(self.metadata["act_dim"])
         self._session = make_session(self.bundle.policy_bytes)
         adapt = self.bundle.adapt_bytes
-        self._adapt_session = None if adapt is None else make_session(adapt)
+        try:
+            self._adapt_session = None if adapt is None else make_session(adapt)
+        except Exception as exc:  # name the file that is bad: the policy graph loaded fine
+            raise _fail(self.bundle.adapt_file, f"onnxruntime cannot load it ({type(exc).__name__}: "
+                                                f"{str(exc)[:200]})") from None
 
     @classmethod
     def from_bundle(cls, bundle: PolicyBundle) -> OnnxPolicy:
@@ -205,8 +209,10 @@ def validate_bundle(
     expected_task: str | None = None,
     expected_obs_names: Sequence[str] | None = None,
     expected_joint_names: Sequence[str] | None = None,
+    adapt: bool = True,
 ) -> OnnxPolicy:
     """Check that ``bundle`` is a complete, consistent, runnable policy; return it loaded (parsed once).
+    ``adapt`` False: the inner-step graph is neither checked nor loaded (a user who will not adapt).
 
     Checks: the policy graph parses and passes the ONNX checker; format version supported; metadata complete,
     as the bundle states it, and consistent with the graph (names, dims, bounds, parameter shapes, policy id);
@@ -223,7 +229,9 @@ def validate_bundle(
         meta = _check_metadata(name, model, bundle)
         _check_graph(name, model, meta)
         _check_expectations(name, meta, expected_task, expected_obs_names, expected_joint_names)
-        return _check_inference(bundle, model)
+        if not adapt:
+            bundle = PolicyBundle({name: bundle.policy_bytes}, bundle.metadata, bundle.policy_id)
+        return _check_inference(bundle, model, adapt)
     except PolicyValidationError:
         raise
     except Exception as exc:  # e.g. metadata of the wrong JSON type: still a bad policy, never a crash
@@ -346,11 +354,13 @@ def _check_expectations(
         raise _fail(name, f"joint_names {meta['joint_names']} != expected {list(joint_names)}")
 
 
-def _check_inference(bundle: PolicyBundle, model: onnx.ModelProto) -> OnnxPolicy:
+def _check_inference(bundle: PolicyBundle, model: onnx.ModelProto, adapt: bool = True) -> OnnxPolicy:
     """Load the policy (the one object the caller keeps) and run it on zeros and on typical observations."""
     name = bundle.name
     try:
         policy = OnnxPolicy(bundle, model)
+    except PolicyValidationError:
+        raise
     except Exception as exc:
         raise _fail(name, f"onnxruntime cannot load it ({type(exc).__name__}: {str(exc)[:200]})") from None
     rng = np.random.default_rng(0)
@@ -367,21 +377,21 @@ def _check_inference(bundle: PolicyBundle, model: onnx.ModelProto) -> OnnxPolicy
             raise _fail(name, f"output shapes {mean.shape}, {log_std.shape} do not match act_dim")
         if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(log_std))):
             raise _fail(name, "inference gives non-finite actions")
-    if bundle.adapt_file:
+    if bundle.adapt_file and adapt:
         _check_adapt(bundle, policy, typical, rng)
     return policy
 
 
 def _check_adapt(bundle: PolicyBundle, policy: OnnxPolicy, obs: np.ndarray, rng: np.random.Generator) -> None:
-    name, adapt = bundle.name, bundle.adapt_bytes
+    name, adapt = bundle.adapt_file, bundle.adapt_bytes  # errors name the adapt file: it is the bad one
     if adapt is None or not policy.can_adapt:
-        raise _fail(name, f"adapt file {bundle.adapt_file} not found")
+        raise _fail(bundle.name, f"adapt file {bundle.adapt_file} not found")
     try:
         adapt_meta = {p.key: p.value for p in onnx.load_from_string(adapt).metadata_props}
     except Exception as exc:  # onnxruntime loaded it, so this is unlikely; still one line
-        raise _fail(name, f"adapt file {bundle.adapt_file} is not ONNX ({type(exc).__name__})") from None
+        raise _fail(name, f"not ONNX ({type(exc).__name__})") from None
     if adapt_meta.get("policy_id") != policy.policy_id:
-        raise _fail(name, f"adapt file {bundle.adapt_file} belongs to another policy")
+        raise _fail(name, f"belongs to another policy than {bundle.name}")
     act = policy.act(obs, deterministic=False, rng=rng)
     try:
         grads = policy.gradient(None, obs, act, rng.standard_normal(len(obs)))

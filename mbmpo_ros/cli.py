@@ -115,7 +115,9 @@ def _eval(args: argparse.Namespace) -> int:
         raise UsageError(f"--adapt-steps must be >= 0, got {args.adapt_steps}")
     try:
         perturbation = parse_perturbations(args.perturb)
-        policy = validate_bundle(PolicyBundle.from_file(args.policy), expected_task=args.task)  # loaded once
+        # Loaded once; without inner steps a bad adapt graph does not matter (and is not loaded).
+        policy = validate_bundle(PolicyBundle.from_file(args.policy), expected_task=args.task,
+                                 adapt=args.adapt_steps > 0)
     except (ValueError, PolicyValidationError) as exc:
         raise UsageError(str(exc).splitlines()[0]) from None
     meta = policy.metadata
@@ -129,10 +131,10 @@ def _eval(args: argparse.Namespace) -> int:
     report = evaluate_with_adaptation(policy, env, task.action_low, task.action_high, args.episodes,
                                       args.adapt_steps, args.adapt_episodes, args.seed)
     env.close()
-    print(f"{args.task} {perturbation or 'nominal'}, {args.episodes} episodes per row (policy "
+    print(f"{args.task} {perturbation or 'nominal'}, mean ± std over {args.episodes} episodes per row (policy "
           f"{str(meta['policy_id'])[:12]}):")
-    for k, ret in enumerate(report.returns):
-        print(f"  {'theta' if k == 0 else f'after {k} inner step(s)':24s} return {ret:10.2f}")
+    for k, (ret, std) in enumerate(zip(report.returns, report.stds, strict=True)):
+        print(f"  {'theta' if k == 0 else f'after {k} inner step(s)':24s} return {ret:10.2f} ± {std:.2f}")
     return 0
 
 

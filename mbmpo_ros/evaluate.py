@@ -40,10 +40,20 @@ def run_episode(env: Any, policy: OnnxPolicy, params: Params | None, reset_seed:
 
 @dataclass
 class AdaptationReport:
-    """Mean deterministic return of theta and after each inner step; ``params`` are the last adapted ones."""
+    """Deterministic returns of theta and after each inner step; ``params`` are the last adapted ones."""
 
-    returns: list[float] = field(default_factory=list)  # [theta, after step 1, ..., after step N]
+    episode_returns: list[list[float]] = field(default_factory=list)  # [theta, after step 1, ...][episode]
     params: Params | None = None
+
+    @property
+    def returns(self) -> list[float]:
+        """Mean return over the evaluation episodes: [theta, after step 1, ..., after step N]."""
+        return [float(np.mean(r)) for r in self.episode_returns]
+
+    @property
+    def stds(self) -> list[float]:
+        """Standard deviation of the episode returns, per row of :attr:`returns`."""
+        return [float(np.std(r)) for r in self.episode_returns]
 
 
 def evaluate_with_adaptation(policy: OnnxPolicy, env: Any, low: np.ndarray, high: np.ndarray, episodes: int,
@@ -55,16 +65,16 @@ def evaluate_with_adaptation(policy: OnnxPolicy, env: Any, low: np.ndarray, high
     eval_seeds = [10_000 + 100 * seed + k for k in range(episodes)]
     rng = np.random.default_rng([seed, 7])
 
-    def mean_return(params: Params | None) -> float:
-        return float(np.mean([run_episode(env, policy, params, s, low, high, None).ret for s in eval_seeds]))
+    def episode_returns(params: Params | None) -> list[float]:
+        return [run_episode(env, policy, params, s, low, high, None).ret for s in eval_seeds]
 
-    report = AdaptationReport(returns=[mean_return(None)])
+    report = AdaptationReport(episode_returns=[episode_returns(None)])
     for k in range(1, adapt_steps + 1):
         batch = [run_episode(env, policy, report.params, 20_000 + 1000 * seed + 100 * k + e, low, high, rng)
                  for e in range(adapt_episodes)]
         obs, act, adv, mask = AdaptJob(policy, report.params, batch, gamma, lam, 0).advantages()
         report.params = policy.adapt(report.params, obs, act, adv, mask)
-        report.returns.append(mean_return(report.params))
+        report.episode_returns.append(episode_returns(report.params))
     return report
 
 

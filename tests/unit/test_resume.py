@@ -156,8 +156,8 @@ def test_a_directory_that_holds_a_run_needs_resume(tmp_path: Path) -> None:
     TransitionStore(tmp_path / "transitions", 2, 1).append(
         {"obs": np.zeros((1, 2)), "act": np.zeros((1, 1)), "next_obs": np.zeros((1, 2)), "reward": np.zeros(1),
          "done": np.zeros(1, bool)})
-    assert existing_run(tmp_path) == "1 stored transition batches"
-    with pytest.raises(ValueError, match=r"already holds a run \(1 stored transition batches\); continue it with "
+    assert existing_run(tmp_path) == "1 stored transition batch"
+    with pytest.raises(ValueError, match=r"already holds a run \(1 stored transition batch\); continue it with "
                                          r"--resume X or choose another run directory"):
         check_fresh_or_resume(tmp_path, resume=False, how_to_resume="--resume X")
     with pytest.raises(ValueError, match="nothing to resume"):
