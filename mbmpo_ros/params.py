@@ -130,8 +130,8 @@ CONTROLLER_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("batch_size", 200, "transitions per batch sent to the learner", low=1),
     ParamSpec("learner", False, "a learner trains on this robot's transitions: batches wait for it while it is "
               "away; false: batches go only to current subscribers, none kept"),
-    ParamSpec("outbox_batches", 2000, "with learner: batches kept while no learner subscribes (the oldest dropped "
-              "beyond)", low=1),
+    ParamSpec("outbox_batches", 2000, "with learner: batches kept until the learner acknowledges them as stored "
+              "(resent if it restarts or loses one; the oldest dropped beyond, counted)", low=1),
     ParamSpec("robot_id", "", "robot id in transitions and diagnostics; '' = the node's namespace"),
     ParamSpec("seed", 0, "seed of exploration noise and warm-up actions", low=0),
     ParamSpec("explore", True, "sample actions from the policy (the learner and adaptation need it) or act on "
