@@ -332,8 +332,10 @@ def test_from_config_sets_every_knob() -> None:
            meta.target_inner_kl, meta.init_inner_kl_coef, meta.adapt_inner_kl_coef, meta.promp_lr, meta.promp_steps)
     assert got == ("promp", 0.05, 7, 1e-4, 0.5, 9, True, "first_order", 0.25, "log_prob", 0.2, 0.03, 1e-3, False,
                    3e-4, 2)
-    default = MetaOptimizer.from_config(_policy(), MetaConfig())
-    assert (default.alpha, default.kl_hessian, default.hvp_subsample) == (1e-3, "exact", 1.0)
+    defaults = MetaConfig()
+    default = MetaOptimizer.from_config(_policy(), defaults)
+    assert (default.alpha, default.kl_hessian, default.hvp_subsample, default.first_order) == (
+        defaults.inner_lr, defaults.kl_hessian, defaults.hvp_subsample, defaults.first_order)
 
 
 @pytest.mark.parametrize(("kwargs", "needle"), [({"kl_hessian": "second"}, "kl_hessian"),
