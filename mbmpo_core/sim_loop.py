@@ -196,10 +196,7 @@ class SimTrainingLoop:
             self.load_checkpoint(self.run_dir)
             return
         self.real_steps = len(self.store)
-        # Fresh streams past the stored ones: replaying the seeded warm-up would store the same episodes twice.
-        self.rng = np.random.default_rng([self.config.seed + 1, self.real_steps])
-        stored_episodes = self.store.load_all()["episode"]
-        self.sampler._episode[:] = int(stored_episodes.max()) + 1 if len(stored_episodes) else 0
+        self._streams_past_the_store()
         self.progress.truncate(0)
         lost = f"; {len(self.store.corrupt)} corrupt batches skipped" if self.store.corrupt else ""
         self.log(f"resume: no checkpoint yet; the warm-up continues from the {self.real_steps} stored transitions"
@@ -226,8 +223,19 @@ class SimTrainingLoop:
             # is collected again. Either way the run is no longer bit-identical to an uninterrupted one.
             self.log(f"resume: {account.describe()}; real steps {self.real_steps} -> {account.held} (what the store "
                      "holds)")
+        if account.newer:
+            self._streams_past_the_store()  # the checkpoint's streams made the newer data: they would repeat it
         self.real_steps = account.held
         self.progress.truncate(self.learner.iteration)
+
+    def _streams_past_the_store(self) -> None:
+        """Random streams and env reset seeds that made none of the stored data: replaying the streams of a
+        checkpoint (or the seeded warm-up) after a kill would store the same episodes a second time."""
+        held = len(self.store)
+        self.rng = np.random.default_rng([self.config.seed + 1, held])
+        self.generator.manual_seed(int(np.random.default_rng([self.config.seed + 2, held]).integers(2**62)))
+        stored_episodes = self.store.load_all()["episode"]
+        self.sampler._episode[:] = int(stored_episodes.max()) + 1 if len(stored_episodes) else 0
 
     def close(self) -> None:
         self.progress.close()

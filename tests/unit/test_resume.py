@@ -95,6 +95,21 @@ def test_a_kill_in_the_first_fit_keeps_the_warm_up_usable(tmp_path: Path, monkey
     assert [r["real_steps"] for r in resumed.progress.rows()] == [200.0]
 
 
+def test_data_stored_after_the_checkpoint_is_used_and_never_collected_twice(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    loop = make_loop(tmp_path)
+    kill_on_call(monkeypatch, loop.learner, "improve", call=2)  # iteration 1's data is stored, its fit killed
+    with pytest.raises(Killed):
+        loop.train(400)
+    log: list[str] = []
+    resumed = make_loop(tmp_path, log)
+    resumed.resume()
+    assert resumed.real_steps == 300 and "100 transitions stored after the checkpoint are kept" in log[-1]
+    resumed.train(400)
+    payloads = chunk_payloads(tmp_path)
+    assert len(resumed.store) == 400 and len(set(payloads)) == len(payloads)  # the checkpoint's streams not replayed
+
+
 def test_truncated_latest_checkpoint_falls_back_to_the_previous_with_a_warning(tmp_path: Path) -> None:
     loop = make_loop(tmp_path)
     loop.train(300)  # iterations 0 and 1: two checkpoints
