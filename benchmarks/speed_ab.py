@@ -19,7 +19,11 @@ Cases (HalfCheetah-v5, horizon 200):
   iteration is timed as a later iteration of a run would be (iteration index 1: the policy collects
   ``steps_per_iter`` steps, the ensemble is fitted warm on the newest 100k, meta-training, evaluation). The data and
   the pre-fitted weights are made once, by the HEAD worktree's code, and shared by both sides
-  (``--workdir``/cache).
+  (``--workdir``/cache). On a slow machine ``--meta-steps K`` runs K of the 30 meta-steps on both sides and
+  ``--base-epochs E`` caps side A's fit at E of its 50 epochs (the commit before this round fits every model for
+  all 50: its rolling-average stop never fired); the table then adds the full-iteration estimate, the
+  meta-training phases scaled by 30 / K and a capped fit by 50 / E (side B's fit, stopped by patience, is timed
+  whole). Per meta-step costs are steady within an iteration, so the estimate is close; the CSV keeps both.
 
 Rows go to ``benchmarks/results/speed_ab.csv`` (one per side, pair and iteration) with the commit, machine,
 threads and load average at the start of the run.
@@ -49,8 +53,9 @@ CASES = ("cpu_small", "default_100k")
 BUFFER = 100_000
 PREFIT_EPOCHS = 20
 CSV_FIELDS = ["timestamp", "case", "side", "commit", "pair", "iteration", "machine", "load_avg", "threads", "device",
-              "wall_s", *(f"time_{p}" for p in PHASES), "return_pre", "return_post", "model_valid_loss",
-              "model_epochs", "outer_kl"]
+              "wall_s", "estimate_s", *(f"time_{p}" for p in PHASES), "meta_steps_run", "full_meta_steps",
+              "max_epochs_run", "full_max_epochs", "return_pre", "return_post", "model_valid_loss", "model_epochs",
+              "outer_kl"]
 
 
 # ----------------------------------------------------------------------------------------- child (one worktree)
@@ -67,6 +72,9 @@ def child(args: argparse.Namespace) -> None:
 
     config_file = "benchmarks/cpu_small.yaml" if args.child == "cpu_small" else "config/default.yaml"
     config = load_config(Path(args.src) / config_file, task="HalfCheetah-v5", device=args.device)
+    full = {"full_meta_steps": config.meta.meta_steps, "full_max_epochs": config.ensemble.max_epochs}
+    config = _scaled(config, getattr(args, "meta_steps", 0), getattr(args, "max_epochs", 0))
+    run = {"meta_steps_run": config.meta.meta_steps, "max_epochs_run": config.ensemble.max_epochs}
     task = make_task(config.task, horizon=config.loop.horizon)
     loop = _training_loop(config, task, Path(args.run_dir))
     if args.child == "cpu_small":
@@ -78,7 +86,28 @@ def child(args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         row = loop.iteration()
         wall = time.perf_counter() - t0
-        print("ROW " + json.dumps({"iteration": iteration, "wall_s": wall, **row}), flush=True)
+        print("ROW " + json.dumps({**row, **full, **run, "iteration": iteration, "wall_s": wall}), flush=True)
+
+
+def _scaled(config: Any, meta_steps: int, max_epochs: int) -> Any:
+    """``config`` with fewer meta-steps / a lower epoch cap (0: as it is), for the estimate of a full iteration."""
+    import dataclasses
+
+    if meta_steps:
+        config = dataclasses.replace(config, meta=dataclasses.replace(config.meta, meta_steps=meta_steps))
+    if max_epochs:
+        config = dataclasses.replace(config, ensemble=dataclasses.replace(config.ensemble, max_epochs=max_epochs))
+    return config
+
+
+def full_iteration_estimate(row: dict[str, Any]) -> float:
+    """Seconds of the unscaled iteration: meta-training phases times full / run meta-steps; the fit times
+    full / run epoch cap where the fit ran to its cap (a fit stopped by patience is what it is)."""
+    meta = row["full_meta_steps"] / max(row["meta_steps_run"], 1)
+    capped = row["model_epochs"] >= row["max_epochs_run"] and row["max_epochs_run"] < row["full_max_epochs"]
+    fit = row["full_max_epochs"] / row["max_epochs_run"] if capped else 1.0
+    return float(row["time_sample"] + row["time_eval"] + row["time_fit"] * fit
+                 + (row["time_imagine"] + row["time_inner"] + row["time_outer"]) * meta)
 
 
 def _training_loop(config: Any, task: Any, run_dir: Path) -> Any:
@@ -166,14 +195,18 @@ def _git(*args: str) -> str:
                           text=True).stdout.strip()
 
 
-def run_side(src: Path, case: str, args: argparse.Namespace, run_root: Path) -> list[dict[str, Any]]:
-    """One child process in worktree ``src``; returns its timed rows."""
+def run_side(src: Path, case: str, args: argparse.Namespace, run_root: Path, max_epochs: int = 0
+             ) -> list[dict[str, Any]]:
+    """One child process in worktree ``src`` (``max_epochs``: its epoch cap in default_100k, 0 = the config's);
+    returns its timed rows."""
     run_dir = Path(tempfile.mkdtemp(prefix=f"{case}-", dir=run_root))
     env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS":
            str(args.threads)}
     command = [sys.executable, str(Path(__file__).resolve()), "--child", case, "--src", str(src), "--run-dir",
                str(run_dir), "--cache", str(args.workdir / "cache"), "--threads", str(args.threads), "--device",
                args.device]
+    if case == "default_100k":
+        command += ["--meta-steps", str(args.meta_steps), "--max-epochs", str(max_epochs)]
     out = subprocess.run(command, env=env, cwd=src, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"{case} in {src} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
@@ -190,6 +223,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "mbmpo_speed_ab",
                         help="worktrees, the shared 100k data and pre-fitted weights, run directories")
+    parser.add_argument("--meta-steps", type=int, default=0,
+                        help="default_100k: run this many meta-steps (both sides) and scale the meta-training "
+                             "phases to the config's count (0: all of them)")
+    parser.add_argument("--base-epochs", type=int, default=0,
+                        help="default_100k: side A's ensemble epoch cap (its fit always runs to the cap), scaled to "
+                             "the config's cap (0: the config's)")
+    parser.add_argument("--max-epochs", type=int, default=0, help=argparse.SUPPRESS)  # child: this side's cap
     parser.add_argument("--child", choices=(*CASES, "prepare"), help=argparse.SUPPRESS)
     parser.add_argument("--src", help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", help=argparse.SUPPRESS)
@@ -211,14 +251,17 @@ def main(argv: list[str] | None = None) -> None:
         for pair in range(args.pairs):
             for side, (src, sha) in sides.items():
                 load = os.getloadavg()[0]
-                for row in run_side(src, case, args, run_root):
-                    result = {"case": case, "side": side, "commit": sha[:12], "pair": pair, "load_avg": load, **row}
+                cap = args.base_epochs if side == "A" else 0
+                for row in run_side(src, case, args, run_root, max_epochs=cap):
+                    result = {**row, "case": case, "side": side, "commit": sha[:12], "pair": pair, "load_avg": load,
+                              "estimate_s": full_iteration_estimate(row)}
                     results.append(result)
                     write_row(result, args)
                     print(f"{case} pair {pair} {side} {sha[:9]} iteration {row['iteration']}: "
                           f"{row['wall_s']:.1f} s (" + ", ".join(f"{p} {row.get(f'time_{p}', 0.0):.1f}"
-                                                                 for p in PHASES[:-1]) + f"), load {load:.1f}",
-                          flush=True)
+                                                                 for p in PHASES[:-1])
+                          + f"; {row['model_epochs']:.0f} epochs, {row['meta_steps_run']} meta-steps; full-iteration "
+                          f"estimate {result['estimate_s']:.1f} s), load {load:.1f}", flush=True)
     print_table(results, sides)
 
 
@@ -236,19 +279,21 @@ def write_row(result: dict[str, Any], args: argparse.Namespace) -> None:
 
 
 def print_table(results: list[dict[str, Any]], sides: dict[str, tuple[Path, str]]) -> None:
-    """Median seconds per iteration and phase of each side, and the median over pairs of the ratio A / B."""
+    """Median seconds per iteration and phase of each side, the full-iteration estimate (= the wall time where
+    nothing was scaled), and the median over pairs of the estimates' ratio A / B."""
     print(f"\nA = {sides['A'][1][:12]}, B = {sides['B'][1][:12]}; median over pairs (seconds)")
-    print(f"{'case':14s} {'iter':>4s} {'side':>4s} {'wall':>8s} " + " ".join(f"{p:>8s}" for p in PHASES[:-1]))
+    print(f"{'case':14s} {'iter':>4s} {'side':>4s} {'wall':>8s} " + " ".join(f"{p:>8s}" for p in PHASES[:-1])
+          + f" {'full est':>9s}")
     keys = sorted({(r["case"], r["iteration"]) for r in results})
     for case, iteration in keys:
         rows = [r for r in results if r["case"] == case and r["iteration"] == iteration]
         for side in ("A", "B"):
             mine = [r for r in rows if r["side"] == side]
             med = {k: statistics.median(r.get(k, 0.0) for r in mine)
-                   for k in ("wall_s", *(f"time_{p}" for p in PHASES[:-1]))}
+                   for k in ("wall_s", "estimate_s", *(f"time_{p}" for p in PHASES[:-1]))}
             print(f"{case:14s} {iteration:4d} {side:>4s} {med['wall_s']:8.1f} "
-                  + " ".join(f"{med[f'time_{p}']:8.1f}" for p in PHASES[:-1]))
-        ratios = [a["wall_s"] / b["wall_s"] for a in rows if a["side"] == "A" for b in rows
+                  + " ".join(f"{med[f'time_{p}']:8.1f}" for p in PHASES[:-1]) + f" {med['estimate_s']:9.1f}")
+        ratios = [a["estimate_s"] / b["estimate_s"] for a in rows if a["side"] == "A" for b in rows
                   if b["side"] == "B" and b["pair"] == a["pair"]]
         print(f"{case:14s} {iteration:4d}  A/B {statistics.median(ratios):7.2f}x  (pairs: "
               + ", ".join(f"{x:.2f}" for x in ratios) + ")")
