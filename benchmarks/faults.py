@@ -3,12 +3,12 @@
     OMP_NUM_THREADS=1 python benchmarks/faults.py [--kills 20] [--fuzz 1000] [--parts train learner fuzz] [--seed 0]
 
 Part ``train``: one ``mbmpo train`` run of a tiny InvertedPendulum config (warm-up 200 steps, 200 steps per
-iteration, 3000 steps) is killed with SIGKILL ``--kills`` times, each at a random moment (uniform in 1-25 s after
-the process started: imports, warm-up, model fit, meta-steps, evaluation, checkpoint writes), and each time
-resumed with ``mbmpo train --resume``; the last resume runs to the end. Counted: resumes that failed (exited
-non-zero by themselves, or printed a traceback), duplicates stored (batches whose transitions are byte-identical
-to another's), transitions lost (corrupt batches; transitions the final checkpoint covered that the store lacks;
-steps counted in progress.csv but not stored), and whether progress.csv lists each iteration once.
+iteration, no step budget) is killed with SIGKILL ``--kills`` times, each at a random moment (uniform in 1-25 s
+after the process started: imports, warm-up, model fit, meta-steps, evaluation, checkpoint writes), and each time
+resumed with ``mbmpo train --resume``; the last resume runs two more iterations to its end. Counted: resumes that
+failed (exited non-zero by themselves, or printed a traceback), duplicates stored (batches whose transitions are
+byte-identical to another's), transitions lost (corrupt batches; transitions the final checkpoint covered that the
+store lacks; steps counted in progress.csv but not stored), and whether progress.csv lists each iteration once.
 
 Part ``learner``: sim_robot + controller + learner as ``mbmpo launch`` starts them (200 Hz lockstep, batches of
 10 transitions, a tiny config that trains every 400 steps), the learner process killed with SIGKILL ``--kills``
@@ -61,7 +61,7 @@ TRAIN_CONFIG = {
     "ensemble": {"num_models": 2, "hidden_sizes": [32, 32], "batch_size": 64, "max_epochs": 5},
     "policy": {"hidden_sizes": [16, 16]},
     "meta": {"meta_batch_size": 2, "rollouts_per_task": 4, "meta_steps": 3},
-    "loop": {"random_steps": 200, "steps_per_iter": 200, "total_steps": 3000, "eval_episodes": 1, "horizon": 50},
+    "loop": {"random_steps": 200, "steps_per_iter": 200, "total_steps": 10**6, "eval_episodes": 1, "horizon": 50},
 }
 LEARNER_CONFIG = {**TRAIN_CONFIG, "loop": {**TRAIN_CONFIG["loop"], "random_steps": 400, "steps_per_iter": 400,
                                            "total_steps": 10**9, "horizon": 50}}
@@ -89,6 +89,10 @@ def train_part(kills: int, rng: random.Random, work: Path) -> dict[str, Any]:
     failed, tracebacks, restarts_from_scratch = 0, 0, 0
     for k in range(kills + 1):
         cmd = resume if existing_run(run) else fresh
+        if k == kills:  # the last one ends by itself: two more iterations
+            held = len(TransitionStore(run / "transitions")) if existing_run(run) else 0
+            final_steps = max(held, 200) + 400
+            cmd = [*cmd, "--steps", str(final_steps)]
         restarts_from_scratch += k > 0 and cmd is fresh
         proc = subprocess.Popen(cmd, env=env_for(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
@@ -125,7 +129,7 @@ def train_part(kills: int, rng: random.Random, work: Path) -> dict[str, Any]:
             "duplicates_stored": sum(n - 1 for n in payloads.values()),
             "transitions_lost": account.lost + max(0, last_steps - len(store)),
             "corrupt_batches": len(store.corrupt), "stored": len(store),
-            "progress_ok": int(iterations == list(range(len(iterations))) and len(store) >= 3000)}
+            "progress_ok": int(iterations == list(range(len(iterations))) and len(store) >= final_steps)}
 
 
 def _progress_rows(run: Path) -> int:
@@ -488,6 +492,8 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, run directories)")
     args = parser.parse_args()
     rng = random.Random(args.seed)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()  # the code under test: the commit at the start
     work = Path(tempfile.mkdtemp(prefix="mbmpo-faults-"))
     print(f"work directory: {work}", flush=True)
     rows = []
@@ -507,8 +513,6 @@ def main() -> int:
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     new = not RESULTS.exists()
     with RESULTS.open("a", newline="") as f:

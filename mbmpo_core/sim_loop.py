@@ -64,6 +64,9 @@ class SimTrainingLoop:
         self.progress = ProgressLog(self.run_dir)
         self.real_steps = 0
         self.collect_params: Params | None = None  # [M, ...] adapted policies of the last iteration
+        # A resumed run whose store holds the next iteration's collection (a kill came after it was stored): that
+        # iteration trains on it instead of collecting again.
+        self.collection_stored = False
         # One env per meta-batch task: the M adapted policies collect side by side (the paper: a rollout per task),
         # and each is evaluated on its own env; the evaluation envs are apart from the collecting ones.
         tasks = config.meta.meta_batch_size
@@ -77,8 +80,9 @@ class SimTrainingLoop:
     # ------------------------------------------------------------------ loop
     def train(self, total_steps: int, on_iteration: Callable[[dict[str, float]], None] | None = None) -> None:
         """Run iterations until ``total_steps`` real steps are collected, and at least one (a run resumed after its
-        warm-up, before its first checkpoint, still owes iteration 0)."""
-        while self.real_steps < total_steps or self.learner.iteration == 0:
+        warm-up, before its first checkpoint, still owes iteration 0; one resumed after a collection was stored
+        owes the iteration that trains on it)."""
+        while self.real_steps < total_steps or self.learner.iteration == 0 or self.collection_stored:
             row = self.iteration()
             if on_iteration is not None:
                 on_iteration(row)
@@ -110,6 +114,9 @@ class SimTrainingLoop:
         steps (whole episodes where the horizon divides it); persisted before use."""
         if self.collect_params is None:
             return self._warm_up()
+        if self.collection_stored:  # stored by the killed run (and counted in real_steps): train on it
+            self.collection_stored = False
+            return []
         batch = self.sampler.sample(self._sampled_act_fn(self.collect_params), self.config.loop.steps_per_iter)
         self.store.append(batch.transitions())
         self.real_steps += len(batch)
@@ -204,8 +211,8 @@ class SimTrainingLoop:
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore a checkpoint written by :meth:`save_checkpoint` (``path``: file or run directory); the step count
-        becomes what the store holds (data stored after the checkpoint is used, data lost to corruption is
-        collected again), and the log says how the two differ."""
+        becomes what the store holds (data stored after the checkpoint is the next iteration's: it trains on it
+        without collecting; data lost to corruption is collected again), and the log says how the two differ."""
         state = read_checkpoint(path, self.device, warn=lambda message: self.log(f"warning: {message}"))
         if "sim_loop" not in state:
             raise ValueError(f"{path}: not a checkpoint of the simulated training loop (written by the learner node?)")
@@ -225,6 +232,7 @@ class SimTrainingLoop:
                      "holds)")
         if account.newer:
             self._streams_past_the_store()  # the checkpoint's streams made the newer data: they would repeat it
+            self.collection_stored = self.collect_params is not None
         self.real_steps = account.held
         self.progress.truncate(self.learner.iteration)
 

@@ -105,9 +105,11 @@ def test_data_stored_after_the_checkpoint_is_used_and_never_collected_twice(
     resumed = make_loop(tmp_path, log)
     resumed.resume()
     assert resumed.real_steps == 300 and "100 transitions stored after the checkpoint are kept" in log[-1]
+    assert resumed.collection_stored  # iteration 1 trains on what the killed run collected for it
     resumed.train(400)
     payloads = chunk_payloads(tmp_path)
     assert len(resumed.store) == 400 and len(set(payloads)) == len(payloads)  # the checkpoint's streams not replayed
+    assert [(r["iteration"], r["real_steps"]) for r in resumed.progress.rows()] == [(0, 200), (1, 300), (2, 400)]
 
 
 def test_truncated_latest_checkpoint_falls_back_to_the_previous_with_a_warning(tmp_path: Path) -> None:
