@@ -51,9 +51,9 @@ CSV_PATH = HERE / "results" / "speed_ab.csv"
 PHASES = ("sample", "fit", "imagine", "inner", "outer", "eval", "total")
 CASES = ("cpu_small", "default_100k")
 BUFFER = 100_000
-PREFIT_EPOCHS = 20
+PREFIT_EPOCHS = 15
 CSV_FIELDS = ["timestamp", "case", "side", "commit", "pair", "iteration", "machine", "load_avg", "threads", "device",
-              "wall_s", "estimate_s", *(f"time_{p}" for p in PHASES), "meta_steps_run", "full_meta_steps",
+              "wall_s", "cpu_s", "estimate_s", *(f"time_{p}" for p in PHASES), "meta_steps_run", "full_meta_steps",
               "max_epochs_run", "full_max_epochs", "return_pre", "return_post", "model_valid_loss", "model_epochs",
               "outer_kl"]
 
@@ -83,10 +83,11 @@ def child(args: argparse.Namespace) -> None:
         _preload(loop, Path(args.cache), torch.device(args.device))
         timed = [1]
     for iteration in timed:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         row = loop.iteration()
-        wall = time.perf_counter() - t0
-        print("ROW " + json.dumps({**row, **full, **run, "iteration": iteration, "wall_s": wall}), flush=True)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        print("ROW " + json.dumps({**row, **full, **run, "iteration": iteration, "wall_s": wall, "cpu_s": cpu}),
+              flush=True)
 
 
 def _scaled(config: Any, meta_steps: int, max_epochs: int) -> Any:
@@ -261,7 +262,8 @@ def main(argv: list[str] | None = None) -> None:
                           f"{row['wall_s']:.1f} s (" + ", ".join(f"{p} {row.get(f'time_{p}', 0.0):.1f}"
                                                                  for p in PHASES[:-1])
                           + f"; {row['model_epochs']:.0f} epochs, {row['meta_steps_run']} meta-steps; full-iteration "
-                          f"estimate {result['estimate_s']:.1f} s), load {load:.1f}", flush=True)
+                          f"estimate {result['estimate_s']:.1f} s; CPU {row['cpu_s']:.1f} s), load {load:.1f}",
+                          flush=True)
     print_table(results, sides)
 
 
@@ -283,16 +285,17 @@ def print_table(results: list[dict[str, Any]], sides: dict[str, tuple[Path, str]
     nothing was scaled), and the median over pairs of the estimates' ratio A / B."""
     print(f"\nA = {sides['A'][1][:12]}, B = {sides['B'][1][:12]}; median over pairs (seconds)")
     print(f"{'case':14s} {'iter':>4s} {'side':>4s} {'wall':>8s} " + " ".join(f"{p:>8s}" for p in PHASES[:-1])
-          + f" {'full est':>9s}")
+          + f" {'full est':>9s} {'CPU':>8s}")
     keys = sorted({(r["case"], r["iteration"]) for r in results})
     for case, iteration in keys:
         rows = [r for r in results if r["case"] == case and r["iteration"] == iteration]
         for side in ("A", "B"):
             mine = [r for r in rows if r["side"] == side]
             med = {k: statistics.median(r.get(k, 0.0) for r in mine)
-                   for k in ("wall_s", "estimate_s", *(f"time_{p}" for p in PHASES[:-1]))}
+                   for k in ("wall_s", "cpu_s", "estimate_s", *(f"time_{p}" for p in PHASES[:-1]))}
             print(f"{case:14s} {iteration:4d} {side:>4s} {med['wall_s']:8.1f} "
-                  + " ".join(f"{med[f'time_{p}']:8.1f}" for p in PHASES[:-1]) + f" {med['estimate_s']:9.1f}")
+                  + " ".join(f"{med[f'time_{p}']:8.1f}" for p in PHASES[:-1])
+                  + f" {med['estimate_s']:9.1f} {med['cpu_s']:8.1f}")
         ratios = [a["estimate_s"] / b["estimate_s"] for a in rows if a["side"] == "A" for b in rows
                   if b["side"] == "B" and b["pair"] == a["pair"]]
         print(f"{case:14s} {iteration:4d}  A/B {statistics.median(ratios):7.2f}x  (pairs: "
