@@ -56,9 +56,10 @@ from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
 from std_msgs.msg import Float64MultiArray, Int64MultiArray, UInt8MultiArray
 
+from mbmpo_core.bundle import PolicyBundle, PolicyValidationError
 from mbmpo_core.checkpoint import existing_run, has_checkpoint, read_checkpoint, write_checkpoint
 from mbmpo_core.config import Config, load_config, save_config
-from mbmpo_core.export import export_policy
+from mbmpo_core.export import export_bundle
 from mbmpo_core.meta_learner import ImproveProgress, MetaLearner
 from mbmpo_core.registry import make_task
 from mbmpo_core.report import ProgressLog
@@ -345,9 +346,10 @@ class Learner(Node):
         self.progress.append(row)
         self.progress.plot(f"MB-MPO on {self.task.name}")
         write_checkpoint(self.run_dir, {**self.meta_learner.state_dict(), "learner_node": coverage})
-        self._export_policy()
+        bundle = export_bundle(self.meta_learner.policy, **self.meta_learner.export_args())
+        bundle.write(self.run_dir)  # the run's policy.onnx (deploy, resume); what is published is the bundle in memory
         self.status.update(state="publishing", iteration=self.meta_learner.iteration, trained_on=stored)
-        status = self.status.update(state="waiting for data", policy_id=self.publish_latest())
+        status = self.status.update(state="waiting for data", policy_id=self.publish(bundle))
         self.get_logger().info(
             f"iteration {report.iteration}: {stored} transitions, policy {status.policy_id[:12]}, "
             f"train return {row['return_train']:.2f}, model valid loss {row['model_valid_loss']:.4g}")
@@ -362,27 +364,30 @@ class Learner(Node):
             ("progress.elapsed_s", f"{event.elapsed_s:.0f}"),
             ("progress.eta_s", f"{event.eta_s:.0f}" if math.isfinite(event.eta_s) else "unknown")))
 
-    def _export_policy(self) -> str:
-        """Write ``<run_dir>/policy.onnx`` (and its inner-step graph); returns the policy id."""
-        return export_policy(self.meta_learner.policy, self.run_dir / POLICY_FILE, **self.meta_learner.export_args())
+    def publish(self, bundle: PolicyBundle) -> str:
+        """Validate ``bundle`` (from memory) and publish it latched; returns its id, or the last published id if it
+        does not validate (a warning says why)."""
+        from mbmpo_core.onnx_runtime import validate_bundle
+
+        try:
+            validate_bundle(bundle, expected_task=self.task.name)
+        except PolicyValidationError as exc:
+            self.get_logger().warning(f"not publishing policy {bundle.policy_id[:12]}: {exc}")
+            return self.last_policy_id
+        self._policy_pub.publish(encode_policy(bundle))
+        return bundle.policy_id
 
     def publish_latest(self) -> str:
-        """Publish ``<run_dir>/policy.onnx`` with its inner-step graph, latched.
-
-        Returns the policy id; a file that does not validate is not published (a warning says why).
-        """
-        from mbmpo_core.onnx_runtime import PolicyValidationError, read_policy_bundle
-
+        """Publish the run's saved ``<run_dir>/policy.onnx`` (a resumed learner's last policy); returns its id."""
         path = self.run_dir / POLICY_FILE
         if not path.is_file():
             return self.last_policy_id
         try:
-            bundle = read_policy_bundle(path, expected_task=self.task.name)
+            bundle = PolicyBundle.from_file(path)
         except (PolicyValidationError, OSError) as exc:
             self.get_logger().warning(f"not publishing {path}: {exc}")
             return self.last_policy_id
-        self._policy_pub.publish(encode_policy(bundle))
-        return bundle.policy_id
+        return self.publish(bundle)
 
     # ------------------------------------------------------------ diagnostics
     def diagnostic_status(self) -> DiagnosticStatus:
