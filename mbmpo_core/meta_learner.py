@@ -286,7 +286,10 @@ class MetaLearner:
         n_any = round(n * self.config.meta.real_start_fraction)
         rows = [episode_starts[self.rng.integers(0, len(episode_starts), size=n - n_any)],
                 stored_obs[self.rng.integers(0, len(stored_obs), size=n_any)]]
-        return torch.as_tensor(np.concatenate(rows), dtype=torch.float32, device=self.device)
+        starts = np.concatenate(rows)
+        if n_any:  # mixed, so that every task (every model) gets its share of both kinds, not the last tasks all
+            starts = starts[self.rng.permutation(n)]
+        return torch.as_tensor(starts, dtype=torch.float32, device=self.device)
 
     # ---------------------------------------------------------------- export
     def export_args(self) -> dict[str, Any]:
