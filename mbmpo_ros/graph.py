@@ -66,7 +66,7 @@ class LaunchArgument:
 TRAIN_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument("sim", "true", "start a MuJoCo sim_robot per robot (true|false)"),
     LaunchArgument("config", "", "mbmpo YAML config: a path, or a bare name (quickstart, quickstart.yaml) of the "
-                   "package's config/ ('' = config/default.yaml)"),
+                   "package's config/ ('' = by device: config/default.yaml on CUDA, config/cpu.yaml otherwise)"),
     LaunchArgument("task", "", "task name ('' = the config's)"),
     LaunchArgument("num_robots", "1", "number of robot namespaces"),
     LaunchArgument("namespace_prefix", "robot_", "robot i is <prefix><i>"),
@@ -93,14 +93,22 @@ DEPLOY_ARGUMENTS: tuple[LaunchArgument, ...] = (
 )
 
 
+def default_config_file(config_dir: Path) -> Path:
+    """The config a learner without one uses (the same choice it makes: the paper's on CUDA, the CPU profile
+    otherwise), so the graph reads the task, horizon and warm-up the learner will run."""
+    from mbmpo_core.runtime import default_config
+
+    return default_config(config_dir).path
+
+
 def task_and_horizon(config_dir: Path, config: str = "", task: str = "") -> tuple[str, int]:
     """The config's task (unless ``task`` names one) and its episode horizon; the task must resolve.
 
-    ``config`` '' is ``config_dir/default.yaml``. A task file's path is made absolute (the nodes may run
-    elsewhere), and its horizon must equal the config's ``loop.horizon`` (the learner imagines episodes of that
-    length). A bad config, an unknown task or a bad task file is a one-line ``ValueError``.
+    ``config`` '' is the learner's default (:func:`default_config_file`). A task file's path is made absolute
+    (the nodes may run elsewhere), and its horizon must equal the config's ``loop.horizon`` (the learner
+    imagines episodes of that length). A bad config, an unknown task or a bad task file is a one-line ``ValueError``.
     """
-    cfg = load_config(config or config_dir / "default.yaml", task=task or None)
+    cfg = load_config(config or default_config_file(config_dir), task=task or None)
     name = resolve_task(cfg.task)
     if is_task_file(name):
         file_horizon = load_task_file(name).horizon

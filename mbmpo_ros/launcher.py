@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from mbmpo_ros.graph import NodeDescription, ParamValue, resolve_config, train_graph
+from mbmpo_ros.graph import NodeDescription, ParamValue, default_config_file, resolve_config, train_graph
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 GRACE_S = 4.0  # after SIGINT; then SIGKILL: every node is gone within 5 s (the learner needs ~2 s mid-iteration)
@@ -70,7 +70,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="continue the run in --run-dir: its checkpoint (if any) and every stored transition")
     train.add_argument("--seed", type=_seed, default=-1,
                        help="random seed of the learner (default: the config's); robot i gets 1000 * seed + i")
-    train.add_argument("--config", default="", help="mbmpo YAML config (default: config/default.yaml)")
+    train.add_argument("--config", default="",
+                       help="mbmpo YAML config (default: by device, config/default.yaml on CUDA, "
+                            "config/cpu.yaml otherwise)")
     train.add_argument("--steps", type=_count, default=0,
                        help="stop when the learner has this many real steps (default: the config's "
                             "loop.total_steps)")
@@ -146,7 +148,7 @@ def warm_up_warning(args: argparse.Namespace) -> str:
     """What happens when ``--steps`` is below the config's warm-up ('' if it is not)."""
     from mbmpo_core.config import load_config
 
-    config = load_config(resolve_config(args.config_dir, args.config) or args.config_dir / "default.yaml")
+    config = load_config(resolve_config(args.config_dir, args.config) or default_config_file(args.config_dir))
     warm_up = config.loop.random_steps
     if not args.steps or args.steps >= warm_up:
         return ""
