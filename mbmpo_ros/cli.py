@@ -57,13 +57,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="YAML config (default: by device: the paper's config/default.yaml on CUDA, the CPU "
                             "profile config/cpu.yaml otherwise)")
     train.add_argument("--task", help="task name, e.g. HalfCheetah-v5 (overrides the config)")
-    train.add_argument("--steps", type=_positive_int, help="real environment steps (overrides loop.total_steps)")
+    train.add_argument("--steps", type=positive_int, help="real environment steps (overrides loop.total_steps)")
     train.add_argument("--seed", type=int, help="random seed (overrides the config)")
     train.add_argument("--device", help="cpu or cuda[:N] (overrides the config)")
     train.add_argument("--run-dir", type=Path, help="run directory (default: runs/<task>-s<seed>-<time>)")
     train.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    train.add_argument("--threads", type=_positive_int, default=None,
+    train.add_argument("--threads", type=positive_int, default=None,
                        help="torch threads (default: chosen for the machine, 1 on <= 4 cores; OMP_NUM_THREADS)")
     train.set_defaults(func=_train)
     export = sub.add_parser("export", help="export a run's meta-policy as ONNX (with its inner-step graph)")
@@ -76,8 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--perturb", nargs="*", default=[], metavar="KEY=VALUE",
                     help="physics perturbation, e.g. mass_scale=1.5 damping_scale=2 'weaken_actuator={\"0\": 0.3}'")
     ev.add_argument("--adapt-steps", type=int, default=1, help="inner steps on real episodes (0: none)")
-    ev.add_argument("--adapt-episodes", type=_positive_int, default=4, help="episodes per inner step")
-    ev.add_argument("--episodes", type=_positive_int, default=5, help="evaluation episodes per parameter set")
+    ev.add_argument("--adapt-episodes", type=positive_int, default=4, help="episodes per inner step")
+    ev.add_argument("--episodes", type=positive_int, default=5, help="evaluation episodes per parameter set")
     ev.add_argument("--seed", type=int, default=0)
     ev.set_defaults(func=_eval)
     pub = sub.add_parser("publish", help="publish a saved policy, validated, latched on /mbmpo/policy (deploy)")
@@ -148,8 +148,9 @@ def _task_for_export(name: str) -> Any:
     return _make_task(name, horizon=1000)  # export reads names, bounds and dt; the horizon comes from the config
 
 
-def _positive_int(text: str) -> int:
-    """argparse type of a count: its error reads "argument --steps: must be a whole number >= 1, got 'abc'"."""
+def positive_int(text: str) -> int:
+    """argparse type of a count (``mbmpo train`` and ``mbmpo launch``): its error reads "argument --steps: must be a
+    whole number >= 1, got 'abc'"."""
     try:
         value = int(text)
     except ValueError:

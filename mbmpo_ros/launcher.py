@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from mbmpo_ros.cli import positive_int
 from mbmpo_ros.graph import NodeDescription, ParamValue, default_config_file, resolve_config, train_graph
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
@@ -73,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--config", default="",
                        help="mbmpo YAML config (default: by device, config/default.yaml on CUDA, "
                             "config/cpu.yaml otherwise)")
-    train.add_argument("--steps", type=_count, default=0,
+    train.add_argument("--steps", type=positive_int, default=0,
                        help="stop when the learner has this many real steps (default: the config's "
                             "loop.total_steps)")
     train.add_argument("--rate-hz", type=float, default=0.0,
@@ -81,17 +82,6 @@ def _parser() -> argparse.ArgumentParser:
                             "higher rate runs the simulation faster than real time")
     train.add_argument("--config-dir", type=Path, default=CONFIG_DIR, help=argparse.SUPPRESS)
     return parser
-
-
-def _count(text: str) -> int:
-    """argparse type: a whole number >= 1 ("argument --steps: must be a whole number >= 1, got '-5'")."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return value
 
 
 def _seed(text: str) -> int:
