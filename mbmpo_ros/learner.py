@@ -69,7 +69,7 @@ from mbmpo_ros.codec import CodecError, encode_ack, encode_policy, new_session_i
 from mbmpo_ros.ingest import Ingest, IngestResult
 from mbmpo_ros.qos import ACK_QOS, DIAGNOSTICS_QOS, POLICY_QOS, TRANSITIONS_QOS
 from mbmpo_ros.robot_returns import robot_returns
-from mbmpo_ros.spin import ignore_sigint, shut_down_meanwhile
+from mbmpo_ros.spin import ignore_sigint, shut_down_meanwhile, stop_on_sigint
 
 POLICY_TOPIC = "/mbmpo/policy"
 POLICY_FILE = "policy.onnx"
@@ -456,7 +456,8 @@ def main(args: Sequence[str] | None = None) -> int:
         node = Learner()
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        while rclpy.ok() and not node.finished.is_set():
+        stop = stop_on_sigint()
+        while rclpy.ok() and not node.finished.is_set() and not stop.is_set():
             executor.spin_once(timeout_sec=0.1)
         if node.finished.is_set():
             node.get_logger().info(f"reached exit_after_steps={node.exit_after_steps}; exiting")

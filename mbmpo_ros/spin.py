@@ -13,16 +13,29 @@ from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
 
 
+def stop_on_sigint() -> threading.Event:
+    """From now on Ctrl-C sets the returned event instead of raising ``KeyboardInterrupt`` wherever the main thread
+    happens to be (inside rclpy's executor it left half-built tasks that print tracebacks when collected). The
+    caller's spin loop checks the event between ``spin_once`` calls. Only the main thread can install it."""
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    return stop
+
+
 def spin_until_shutdown(node: Node, executor: Executor) -> None:
     """Spin ``node`` on ``executor``; a SIGINT/SIGTERM or ``rclpy.shutdown`` ends it cleanly.
 
-    rclpy's signal handler shuts the context down; if that happens while the executor builds its wait
-    set, rclpy raises a plain ``RCLError`` instead of ``ExternalShutdownException``: that is a clean exit
-    too, as long as the context is no longer valid.
+    Ctrl-C sets a flag the loop checks (:func:`stop_on_sigint`); SIGTERM goes to rclpy's signal handler, which
+    shuts the context down; if that happens while the executor builds its wait set, rclpy raises a plain
+    ``RCLError`` instead of ``ExternalShutdownException``: that is a clean exit too, as long as the context is no
+    longer valid.
     """
     executor.add_node(node)
+    stop = stop_on_sigint()
     try:
-        executor.spin()
+        while rclpy.ok(context=node.context) and not stop.is_set():
+            executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except _rclpy.RCLError:

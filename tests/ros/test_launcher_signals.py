@@ -7,8 +7,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -32,6 +34,15 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def drain(stream: Any) -> tuple[threading.Thread, list[str]]:
+    """Read ``stream`` to its end in a thread, into the returned list: a launcher whose output nobody reads blocks
+    on a full pipe, its "stopping every node" line too, which would stall the very stop being measured."""
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(stream), daemon=True)
+    reader.start()
+    return reader, lines
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -49,6 +60,7 @@ def test_no_node_outlives_the_launcher(domain_id: int, tmp_path: Path, sig: sign
     launcher = subprocess.Popen([sys.executable, "-m", "mbmpo_ros.launcher", "train", "--sim", "--rate-hz", "100",
                                  "--run-dir", str(run), "--config", str(config)],
                                 env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    reader, output = drain(launcher.stdout)
     nodes: list[int] = []
     try:
         deadline = time.monotonic() + 90
@@ -62,14 +74,16 @@ def test_no_node_outlives_the_launcher(domain_id: int, tmp_path: Path, sig: sign
         while any(alive(pid) for pid in nodes) and time.monotonic() - started < 15:
             time.sleep(0.05)
         seconds = time.monotonic() - started
-        out, _ = launcher.communicate(timeout=15)
+        launcher.wait(timeout=15)
     finally:
         for pid in nodes:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
         if launcher.poll() is None:
             launcher.kill()
-            launcher.communicate()
+            launcher.wait()
+    reader.join(timeout=10)
+    out = "".join(output)
     assert not [pid for pid in nodes if alive(pid)] and seconds < STOP_WITHIN_S, (seconds, out[-3000:])
     if sig == signal.SIGKILL:
         return  # (its output ends where it was killed)
