@@ -15,7 +15,8 @@ Cases (HalfCheetah-v5, horizon 200):
 * ``cpu_small``: ``benchmarks/cpu_small.yaml`` from scratch, iterations 0 (the random warm-up's) and 1 (the first
   collected by the adapted policies); seconds per iteration and per phase of each.
 * ``default_100k``: ``config/default.yaml`` (the paper's) with a 100k-transition buffer: the run directory's store
-  is preloaded with 100k random-action transitions, the ensemble starts from weights fitted on them, and one
+  is preloaded with 100k random-action transitions, the ensemble starts from weights fitted on them until the
+  patience rule stopped (as a run's ensemble is once it holds 100k steps), and one
   iteration is timed as a later iteration of a run would be (iteration index 1: the policy collects
   ``steps_per_iter`` steps, the ensemble is fitted warm on the newest 100k, meta-training, evaluation). The data and
   the pre-fitted weights are made once, by the HEAD worktree's code, and shared by both sides
@@ -51,7 +52,8 @@ CSV_PATH = HERE / "results" / "speed_ab.csv"
 PHASES = ("sample", "fit", "imagine", "inner", "outer", "eval", "total")
 CASES = ("cpu_small", "default_100k")
 BUFFER = 100_000
-PREFIT_EPOCHS = 15
+PREFIT_MAX_EPOCHS = 300  # the pre-fit stops by patience long before
+PREFIT_FILE = "ensemble_converged.pt"
 CSV_FIELDS = ["timestamp", "case", "side", "commit", "pair", "iteration", "machine", "load_avg", "threads", "device",
               "wall_s", "cpu_s", "estimate_s", *(f"time_{p}" for p in PHASES), "meta_steps_run", "full_meta_steps",
               "max_epochs_run", "full_max_epochs", "return_pre", "return_post", "model_valid_loss", "model_epochs",
@@ -133,7 +135,7 @@ def _preload(loop: Any, cache: Path, device: Any) -> None:
         loop.store.append({k: v[lo:lo + 10_000] for k, v in data.items()})
     loop.real_steps = len(loop.store)
     learner = getattr(loop, "learner", loop)  # MetaLearner (HEAD) or the Trainer itself (base)
-    state = torch.load(cache / "ensemble_prefit.pt", map_location=device, weights_only=True)
+    state = torch.load(cache / PREFIT_FILE, map_location=device, weights_only=True)
     result = learner.ensemble.load_state_dict(state, strict=False)
     odd = [k for k in (*result.missing_keys, *result.unexpected_keys) if k != "_extra_state"]
     if odd:
@@ -168,16 +170,21 @@ def prepare(cache: Path, src: Path, device: str) -> None:
                                BUFFER)
         np.savez(cache / "random_100k.npz", **batch.transitions())
         print(f"prepare: {BUFFER} random transitions -> {cache / 'random_100k.npz'}", flush=True)
-    if not (cache / "ensemble_prefit.pt").exists():
-        data = np.load(cache / "random_100k.npz")
-        e = load_config(src / "config" / "default.yaml").ensemble
-        ensemble = DynamicsEnsemble.from_config(task.obs_dim, task.act_dim, e, device=torch.device(device), seed=0,
-                                                ignored_obs=task.position_obs)
-        t0 = time.perf_counter()
-        report = ensemble.fit(data["obs"], data["act"], data["next_obs"], epochs=PREFIT_EPOCHS)
-        torch.save(ensemble.state_dict(), cache / "ensemble_prefit.pt")
-        print(f"prepare: ensemble fitted {PREFIT_EPOCHS} epochs in {time.perf_counter() - t0:.0f} s, valid mse "
-              f"{np.round(report.valid_mse, 4).tolist()}", flush=True)
+    if (cache / PREFIT_FILE).exists():
+        return
+    data = np.load(cache / "random_100k.npz")
+    e = load_config(src / "config" / "default.yaml").ensemble
+    ensemble = DynamicsEnsemble.from_config(task.obs_dim, task.act_dim, e, device=torch.device(device), seed=0,
+                                            ignored_obs=task.position_obs)
+    partial = cache / "ensemble_prefit.pt"  # a shorter pre-fit of an earlier version of this script: go on from it
+    if partial.exists():
+        ensemble.load_state_dict(torch.load(partial, map_location=torch.device(device), weights_only=True))
+    t0 = time.perf_counter()
+    # Until the patience rule stops every model: as fitted as the ensemble of a run that has reached 100k steps.
+    report = ensemble.fit(data["obs"], data["act"], data["next_obs"], epochs=PREFIT_MAX_EPOCHS)
+    torch.save(ensemble.state_dict(), cache / PREFIT_FILE)
+    print(f"prepare: ensemble fitted {report.epochs.tolist()} epochs in {time.perf_counter() - t0:.0f} s, valid mse "
+          f"{np.round(report.valid_mse, 4).tolist()}", flush=True)
 
 
 # ----------------------------------------------------------------------------------------------- parent
