@@ -233,6 +233,10 @@ def launch_main(argv: Sequence[str] | None = None) -> int:
         print(f"mbmpo launch: warning: {warning}", file=sys.stderr, flush=True)
     main_thread = threading.current_thread() is threading.main_thread()  # (signals: the main thread's only)
     previous: dict[int, Any] = {sig: signal.signal(sig, _raise_stop) for sig in STOP_SIGNALS} if main_thread else {}
+    if main_thread:
+        # Ctrl-C stops the graph even where this process was started with SIGINT ignored (an ignored SIGINT is
+        # inherited across exec, and the nodes would inherit it from us and ignore the SIGINT that stops them).
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     procs: list[subprocess.Popen[str]] = []
     try:
         for spec in specs:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -103,3 +104,12 @@ def ros_graph() -> Iterator[RosGraph]:
 def domain_id() -> int:
     """A fresh domain id for a test that starts node processes itself (``ROS_DOMAIN_ID``)."""
     return next_domain_id()
+
+
+@pytest.fixture(autouse=True)
+def _ctrl_c_restored() -> Iterator[None]:
+    """A node run in this process ignores SIGINT while it stops (mbmpo_ros.spin): put Ctrl-C back afterwards, or
+    every process a later test starts would inherit the ignored SIGINT."""
+    yield
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
