@@ -85,8 +85,12 @@ def test_learner_stops_within_5s_mid_iteration_with_its_checkpoint_intact(ros_gr
     from mbmpo_ros.codec import encode_transitions
     from mbmpo_ros.qos import DIAGNOSTICS_QOS, TRANSITIONS_QOS
 
-    config = tmp_path / "slow.yaml"  # ~0.25 s per meta-step here: an iteration takes several seconds
-    config.write_text(yaml.safe_dump({**TINY, "meta": {**TINY["meta"], "meta_steps": 30},
+    # Slow enough that the iteration is still running 2 s (shutdown_timeout_s) after Ctrl-C: the exact KL Hessian
+    # on every time step and 200 meta-steps (with the default first-order, subsampled step 30 meta-steps ended
+    # within those 2 s and nothing was abandoned).
+    config = tmp_path / "slow.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "meta": {**TINY["meta"], "meta_steps": 200, "kl_hessian": "exact",
+                                                       "hvp_subsample": 1.0},
                                       "loop": {**TINY["loop"], "total_steps": 10**6}}))
     run = tmp_path / "run"
     seen = collect(ros_graph, "/diagnostics", DiagnosticArray, DIAGNOSTICS_QOS)
