@@ -11,6 +11,7 @@ message is one line naming the file and the dotted key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -36,6 +37,9 @@ class EnsembleConfig:
     improvement_threshold: float = 0.01
     max_epochs: int = 50
     capacity: int = 100_000
+    # Loss weight member k gives rows of physics group g with g % num_models == k (other rows: 1). 1 = every
+    # member fits all data alike (the paper); > 1 makes members differ along the physics the data came from.
+    member_emphasis: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,23 @@ class LoopConfig:
 
 
 @dataclass(frozen=True)
+class RandomizeConfig:
+    """Domain randomisation of the simulated training loop's collection envs (``sim/perturb.py``'s ``*_range``
+    keys: one uniform factor per body / dof / geom / actuator, drawn from ``[lo, hi]``; empty = that key off).
+    Physics draw d, seeded by (seed, d), is fixed for the run; collection env m uses draw
+    m % ensemble.num_models. Evaluation envs stay nominal."""
+
+    mass_scale_range: tuple[float, ...] = ()
+    damping_scale_range: tuple[float, ...] = ()
+    friction_scale_range: tuple[float, ...] = ()
+    gear_scale_range: tuple[float, ...] = ()
+
+    def perturbation(self) -> dict[str, list[float]]:
+        """The set ranges as a perturbation dict (``{}``: randomisation off)."""
+        return {f.name: list(getattr(self, f.name)) for f in dataclasses.fields(self) if getattr(self, f.name)}
+
+
+@dataclass(frozen=True)
 class Config:
     task: str = "HalfCheetah-v5"
     seed: int = 0
@@ -95,6 +116,7 @@ class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
+    randomize: RandomizeConfig = field(default_factory=RandomizeConfig)
 
 
 T = TypeVar("T")
@@ -128,6 +150,7 @@ _RANGES: list[tuple[str, Any, str]] = [
     ("ensemble.improvement_threshold", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("ensemble.max_epochs", lambda v: v >= 1, ">= 1"),
     ("ensemble.capacity", lambda v: v >= 1, ">= 1"),
+    ("ensemble.member_emphasis", lambda v: 0 < v < math.inf, "finite and > 0"),
     ("policy.hidden_sizes", lambda v: len(v) >= 1 and min(v) >= 1, "a non-empty list of positive ints"),
     ("policy.init_std", lambda v: v > 0, "> 0"),
     ("meta.algo", lambda v: v in ("trpo", "promp"), "trpo or promp"),
@@ -158,6 +181,9 @@ _RANGES: list[tuple[str, Any, str]] = [
     ("loop.total_steps", lambda v: v >= 1, ">= 1"),
     ("loop.eval_episodes", lambda v: v >= 1, ">= 1"),
     ("loop.horizon", lambda v: v >= 1, ">= 1"),
+    *((f"randomize.{key}", lambda v: not v or (len(v) == 2 and 0 < v[0] <= v[1] < math.inf),
+       "empty or [low, high] with 0 < low <= high (finite)")
+      for key in ("mass_scale_range", "damping_scale_range", "friction_scale_range", "gear_scale_range")),
 ]
 
 

@@ -34,6 +34,12 @@ Training details (choices documented here because they matter for MB-MPO):
   it; stopped models also get zero loss weight.
 * **Optimizer.** A fresh Adam (``lr``) per ``fit``: stale moments from the
   previous dataset would otherwise kick the warm-started weights.
+* **Member emphasis.** ``fit(..., groups=g)`` with ``member_emphasis`` w != 1:
+  model k weighs the rows of group ``g`` with ``g % K == k`` by w and every
+  other row (group -1 included) by 1, in its training loss and its validation
+  MSE (weighted means), so member k leans towards the physics its group's data
+  came from while still seeing all of it. w = 1 (or no groups) is the
+  unweighted fit, computed exactly as without groups.
 
 The FIFO capacity of the dataset (1e5 transitions in the paper) belongs to the
 caller; :func:`mbmpo_core.store.fifo_tail` trims arrays to it.
@@ -120,6 +126,7 @@ class DynamicsEnsemble(nn.Module):
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...; all tensors live there.
         seed: seeds the initialization and all of ``fit``'s randomness.
         ignored_obs: observation indices the models do not see as inputs (their deltas are still predicted).
+        member_emphasis: loss weight model k gives the rows of its own groups in :meth:`fit` (see module doc).
     """
 
     def __init__(
@@ -138,6 +145,7 @@ class DynamicsEnsemble(nn.Module):
         device: str | torch.device = "cpu",
         seed: int = 0,
         ignored_obs: tuple[int, ...] | list[int] = (),
+        member_emphasis: float = 1.0,
     ) -> None:
         super().__init__()
         if activation not in _ACTIVATIONS:
@@ -148,6 +156,8 @@ class DynamicsEnsemble(nn.Module):
             raise ValueError("num_models, batch_size, max_epochs and patience must be >= 1")
         if not 0.0 <= improvement_threshold < 1.0:
             raise ValueError(f"improvement_threshold must be in [0, 1), got {improvement_threshold}")
+        if not 0.0 < member_emphasis < math.inf:
+            raise ValueError(f"member_emphasis must be finite and > 0, got {member_emphasis}")
         self.obs_dim = int(obs_dim)
         self.act_dim = int(act_dim)
         self.num_models = int(num_models)
@@ -161,6 +171,7 @@ class DynamicsEnsemble(nn.Module):
         self.max_epochs = int(max_epochs)
         self.seed = int(seed)
         self.ignored_obs = tuple(int(i) for i in ignored_obs)
+        self.member_emphasis = float(member_emphasis)
         self._act_fn = _ACTIVATIONS[activation]
 
         # Ignored observation coordinates (e.g. absolute x) are zeroed at the input: the dynamics do not depend
@@ -188,7 +199,7 @@ class DynamicsEnsemble(nn.Module):
             obs_dim, act_dim, num_models=cfg.num_models, hidden_sizes=cfg.hidden_sizes, activation=cfg.activation,
             lr=cfg.lr, batch_size=cfg.batch_size, valid_fraction=cfg.valid_fraction, patience=cfg.patience,
             improvement_threshold=cfg.improvement_threshold, max_epochs=cfg.max_epochs, device=device, seed=seed,
-            ignored_obs=ignored_obs,
+            ignored_obs=ignored_obs, member_emphasis=cfg.member_emphasis,
         )
 
     # ------------------------------------------------------------------ setup
@@ -223,6 +234,7 @@ class DynamicsEnsemble(nn.Module):
             "max_epochs": self.max_epochs,
             "seed": self.seed,
             "ignored_obs": list(self.ignored_obs),
+            "member_emphasis": self.member_emphasis,
         }
 
     # ---------------------------------------------------------------- forward
@@ -311,6 +323,7 @@ class DynamicsEnsemble(nn.Module):
         progress: Callable[[EpochInfo], None] | None = None,
         early_stop: bool = True,
         first_row: int = 0,
+        groups: ArrayLike | None = None,
     ) -> FitReport:
         """Train all models on ``obs, next_obs: [N, obs_dim]``, ``act: [N, act_dim]``.
 
@@ -319,16 +332,18 @@ class DynamicsEnsemble(nn.Module):
         row's train/validation assignment (:meth:`validation_mask`). Continues from the current weights.
         ``epochs`` caps this call (default ``max_epochs``); ``early_stop=False`` runs exactly ``epochs``
         epochs (the best epoch's weights are still restored). ``progress`` is called after every epoch
-        with an :class:`EpochInfo`.
+        with an :class:`EpochInfo`. ``groups: [N] int`` (-1 = none) gives each row's physics group, which
+        ``member_emphasis`` weighs (module doc); MSEs reported are then the weighted ones.
         """
         t0 = time.perf_counter()
         max_epochs = self.max_epochs if epochs is None else int(epochs)
         x, y = self._prepare_data(obs, act, next_obs)
+        rows = self.row_weights(groups, x.shape[0])  # [K, N] or None (unweighted)
         gen = torch.Generator(device=self.device).manual_seed(self.seed + 7919 * self._fit_calls)
         self._fit_calls += 1
         valid = self.validation_mask(first_row, x.shape[0])  # [K, N]
         n_train = int((~valid).sum(dim=1).min())  # rows per model and epoch (the smallest training set)
-        valid_idx, valid_w = _padded_rows(valid)  # [K, V], [K, V]
+        valid_idx, valid_w = _padded_rows(valid, rows)  # [K, V], [K, V]
         x_val, y_val = x[valid_idx], y[valid_idx]  # [K, V, *]
 
         initial = self._mse(x_val, y_val, valid_w).cpu().numpy()
@@ -342,7 +357,7 @@ class DynamicsEnsemble(nn.Module):
         optim = torch.optim.Adam(self.parameters(), lr=self.lr)
 
         for epoch in range(max_epochs):
-            train_mse = self._train_epoch(x, y, valid, n_train, active, optim, gen)
+            train_mse = self._train_epoch(x, y, valid, n_train, active, optim, gen, rows)
             valid_mse = self._mse(x_val, y_val, valid_w)
             epochs_run += active.cpu().numpy()
             improved = active & (valid_mse < best_mse)
@@ -361,7 +376,7 @@ class DynamicsEnsemble(nn.Module):
 
         # Only weights of this fit's epochs come back (a model that never got a finite loss keeps its own).
         self._copy_where(list(self.parameters()), best_state, torch.isfinite(best_mse))
-        train_idx, train_w = _padded_rows(~valid)
+        train_idx, train_w = _padded_rows(~valid, rows)
         return FitReport(
             epochs=epochs_run,
             train_mse=self._mse(x[train_idx], y[train_idx], train_w).cpu().numpy(),
@@ -370,6 +385,19 @@ class DynamicsEnsemble(nn.Module):
             seconds=time.perf_counter() - t0,
             history_valid_mse=history,
         )
+
+    def row_weights(self, groups: ArrayLike | None, num_rows: int) -> torch.Tensor | None:
+        """Loss weight of every row for every model, ``[K, num_rows]`` on ``device``: ``member_emphasis`` where
+        ``groups[i] % K == k`` (``groups[i] >= 0``), else 1; None (unweighted) without groups or with emphasis 1."""
+        if groups is None or self.member_emphasis == 1.0:
+            return None
+        g = torch.as_tensor(np.asarray(groups) if not isinstance(groups, torch.Tensor) else groups)
+        if g.shape != (num_rows,) or g.dtype.is_floating_point or g.dtype == torch.bool:
+            raise ValueError(f"groups must be [{num_rows}] int, got {tuple(g.shape)} {g.dtype}")
+        g = g.to(device=self.device, dtype=torch.long)
+        models = torch.arange(self.num_models, device=self.device).unsqueeze(1)  # [K, 1]
+        own = (g >= 0) & (g.remainder(self.num_models) == models)  # [K, N]
+        return torch.where(own, self.member_emphasis, 1.0).to(torch.float32)
 
     def _prepare_data(
         self, obs: ArrayLike, act: ArrayLike, next_obs: ArrayLike
@@ -397,11 +425,13 @@ class DynamicsEnsemble(nn.Module):
         active: torch.Tensor,
         optim: torch.optim.Optimizer,
         gen: torch.Generator,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One pass over ``n_train`` shuffled training rows of every model; returns mean train MSE ``[K]``.
 
         ``valid: [K, N]`` marks each model's validation rows; a model with more than ``n_train`` training
-        rows sees a different random ``n_train`` of them every epoch.
+        rows sees a different random ``n_train`` of them every epoch. ``rows: [K, N]`` weighs each model's rows
+        (a weighted mean per minibatch; None = plain mean).
         """
         keys = torch.rand(valid.shape, generator=gen, device=self.device).masked_fill(valid, 2.0)
         order = torch.argsort(keys, dim=1)[:, :n_train]  # validation rows sort last
@@ -409,13 +439,22 @@ class DynamicsEnsemble(nn.Module):
         total = torch.zeros(self.num_models, device=self.device)
         for start in range(0, n_train, self.batch_size):
             idx = order[:, start : start + self.batch_size]  # [K, b]
-            per_model = (self(x[idx]) - y[idx]).square().mean(dim=(1, 2))  # [K]
+            per_model = self._batch_mse(x, y, idx, rows)  # [K]
             optim.zero_grad(set_to_none=True)
             # Sum, not mean, over models: each model's gradient is independent of K.
             (per_model * weight).sum().backward()
             optim.step()
             total += per_model.detach() * idx.shape[1]
         return total / n_train
+
+    def _batch_mse(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
+                   rows: torch.Tensor | None) -> torch.Tensor:
+        """Minibatch MSE ``[K]`` of model k on rows ``idx[k]`` (``idx: [K, b]``), weighted by ``rows: [K, N]``."""
+        err = (self(x[idx]) - y[idx]).square()  # [K, b, obs_dim]
+        if rows is None:
+            return err.mean(dim=(1, 2))
+        w = rows.gather(1, idx)  # [K, b]
+        return (err.mean(dim=2) * w).sum(dim=1) / w.sum(dim=1)
 
     @torch.no_grad()
     def _mse(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -471,11 +510,13 @@ def _row_uniforms(seed: int, num_models: int, first_row: int, num_rows: int) -> 
     return (z >> np.uint64(11)).astype(np.float64) / float(2**53)
 
 
-def _padded_rows(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _padded_rows(mask: torch.Tensor, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Row indices of each model's True entries of ``mask: [K, N]``, in row order, padded to the largest
-    count: ``(idx [K, C], weight [K, C])`` with weight 1 for real rows and 0 for padding."""
+    count: ``(idx [K, C], weight [K, C])`` with weight 1 (or the row's weight in ``rows: [K, N]``) for real rows
+    and 0 for padding."""
     counts = mask.sum(dim=1)
     order = torch.argsort((~mask).to(torch.uint8), dim=1, stable=True)  # True rows first
     width = int(counts.max())
-    weight = torch.arange(width, device=mask.device) < counts.unsqueeze(1)
-    return order[:, :width], weight.to(torch.float32)
+    idx = order[:, :width]
+    weight = (torch.arange(width, device=mask.device) < counts.unsqueeze(1)).to(torch.float32)
+    return idx, weight if rows is None else weight * rows.gather(1, idx)

@@ -183,7 +183,8 @@ class MetaLearner:
         """Fit the ensemble and meta-train the policy on ``data``; see the module docstring.
 
         ``data``: every stored real transition, oldest first, as :meth:`TransitionStore.load_all` returns it
-        (``obs, next_obs: [N, obs_dim]``, ``act: [N, act_dim]``, ``step: [N]``; other columns are ignored). Pass
+        (``obs, next_obs: [N, obs_dim]``, ``act: [N, act_dim]``, ``step: [N]``, optional ``physics: [N]`` int: each
+        row's physics group, which ``ensemble.member_emphasis`` weighs; other columns are ignored). Pass
         all of it, not a FIFO tail: the model fit keeps the newest ``ensemble.capacity`` rows itself (and needs
         their row numbers in the run's stream for a stable train/validation split), while imagination may start
         from any stored episode start. ``progress`` is called as the module docstring says. Raises
@@ -199,8 +200,10 @@ class MetaLearner:
                                            ignore=self.task.position_obs)
         first = max(0, len(obs) - self.config.ensemble.capacity)  # the FIFO tail; row ids fix each row's split
         tell.fit_epoch(0)
+        groups = self._groups(data, len(obs))
         fit = self.ensemble.fit(obs[first:], act[first:], next_obs[first:], first_row=first,
-                                progress=lambda info: tell.fit_epoch(info.epoch, info))
+                                progress=lambda info: tell.fit_epoch(info.epoch, info),
+                                groups=None if groups is None else groups[first:])
         self._last_fit_epochs = int(np.max(fit.epochs)) if len(fit.epochs) else self._last_fit_epochs
         timer.add("fit", t)
         episode_starts = obs[step == 0] if np.any(step == 0) else obs
@@ -225,6 +228,16 @@ class MetaLearner:
         if not (np.isfinite(obs).all() and np.isfinite(act).all() and np.isfinite(next_obs).all()):
             raise ValueError("improve: data contains NaN or inf")
         return obs, act, next_obs, step
+
+    @staticmethod
+    def _groups(data: Mapping[str, np.ndarray], n: int) -> np.ndarray | None:
+        """The ``physics`` column ``[n]`` int64 of ``data`` (None if absent), checked."""
+        if data.get("physics") is None:
+            return None
+        groups = np.asarray(data["physics"])
+        if groups.shape != (n,) or groups.dtype.kind not in "iu":
+            raise ValueError(f"improve: 'physics' must be [{n}] int, got {groups.shape} {groups.dtype}")
+        return groups.astype(np.int64)
 
     # ---------------------------------------------------------------- meta-train
     def _meta_train(self, timer: _PhaseTimer, episode_starts: np.ndarray, stored_obs: np.ndarray,

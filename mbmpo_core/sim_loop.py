@@ -8,20 +8,28 @@
     progress row, checkpoint, policy.onnx
 
 The loop owns what a simulator makes possible: the envs and their samplers, the transition store, evaluation on
-the real env, the run directory (``progress.csv``, ``checkpoints/``, ``policy.onnx``). The learning itself is the
+the real env, the run directory (``progress.csv``, ``checkpoints/``, ``policy.onnx``, and ``physics.json``
+when the config's ``randomize`` section is set). The learning itself is the
 :class:`MetaLearner`'s, which the ROS learner node drives the same way with data that arrives over DDS.
 
 Everything a later iteration depends on (weights, RNG states, counters) is in the checkpoint, so a resumed run
 continues exactly as the uninterrupted one would. Real data is stored as it is collected (the warm-up too, one
 episode per env at a time), so a run killed at any moment resumes (:meth:`SimTrainingLoop.resume`) from its last
 checkpoint plus what was stored after it, or, before the first checkpoint, from the stored warm-up data.
+
+Domain randomisation (``config.randomize``): K = ``ensemble.num_models`` physics draws, draw d seeded by
+(``config.seed``, d) and fixed for the run (a resumed run rebuilds the same ones); collection env m runs draw
+m % K, and every stored row records its draw in the ``physics`` column, which the ensemble fit's
+``member_emphasis`` uses to make member k lean towards draw k. Evaluation envs stay nominal (the paper's metric).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,6 +48,7 @@ from mbmpo_core.store import TransitionStore, reconcile, store_coverage
 from mbmpo_core.task import TaskSpec
 
 POLICY_NAME = "policy.onnx"
+PHYSICS_NAME = "physics.json"
 
 
 class SimTrainingLoop:
@@ -70,12 +79,19 @@ class SimTrainingLoop:
         # One env per meta-batch task: the M adapted policies collect side by side (the paper: a rollout per task),
         # and each is evaluated on its own env; the evaluation envs are apart from the collecting ones.
         tasks = config.meta.meta_batch_size
-        envs = [task.make_env(seed=config.seed * 100 + i) for i in range(tasks)]
+        self.draws = physics_draws(config)  # [] when randomisation is off
+        # The physics draw of every collection env [M] (-1: nominal).
+        self.env_physics = np.array([i % len(self.draws) if self.draws else -1 for i in range(tasks)])
+        envs = [task.make_env(seed=config.seed * 100 + i,
+                              perturbation=self.draws[i % len(self.draws)] if self.draws else None)
+                for i in range(tasks)]
         self.sampler = RealSampler(envs, config.loop.horizon, task.action_low, task.action_high, seed=config.seed)
         eval_envs = [task.make_env(seed=config.seed * 100 + 99 + i) for i in range(tasks)]
         self.eval_sampler = RealSampler(eval_envs, config.loop.horizon, task.action_low, task.action_high,
                                         seed=config.seed + 12345)
         save_config(config, self.run_dir / "config.yaml")
+        if self.draws:
+            self._write_physics(envs)
 
     # ------------------------------------------------------------------ loop
     def train(self, total_steps: int, on_iteration: Callable[[dict[str, float]], None] | None = None) -> None:
@@ -118,7 +134,7 @@ class SimTrainingLoop:
             self.collection_stored = False
             return []
         batch = self.sampler.sample(self._sampled_act_fn(self.collect_params), self.config.loop.steps_per_iter)
-        self.store.append(batch.transitions())
+        self.store.append(self._stored(batch))
         self.real_steps += len(batch)
         return batch.episode_returns
 
@@ -130,10 +146,31 @@ class SimTrainingLoop:
         returns: list[float] = []
         while self.real_steps < self.config.loop.random_steps:
             batch = self.sampler.sample(act_fn, min(per_batch, self.config.loop.random_steps - self.real_steps))
-            self.store.append(batch.transitions())
+            self.store.append(self._stored(batch))
             self.real_steps += len(batch)
             returns += batch.episode_returns
         return returns
+
+    def _stored(self, batch: RealBatch) -> dict[str, np.ndarray]:
+        """The columns to store of a collected batch: with randomisation, each row's physics draw too."""
+        columns = batch.transitions()
+        if self.draws:
+            columns["physics"] = self.env_physics[batch.env]
+        return columns
+
+    def _write_physics(self, envs: list[Any]) -> None:
+        """``physics.json``: every draw's perturbation (rebuildable with ``task.make_env(perturbation=...)``), the
+        collection envs that run it and, for a MuJoCo env, its factors against the nominal model."""
+        nominal = self.task.make_env(seed=0)
+        try:
+            draws = [{"draw": d, "perturbation": draw,
+                      "collection_envs": np.flatnonzero(self.env_physics == d).tolist(),
+                      "factors": physics_factors(envs[d], nominal)} for d, draw in enumerate(self.draws)]
+        finally:
+            nominal.close()
+        head = json.dumps({"randomize": self.config.randomize.perturbation(), "evaluation": "nominal"})[:-1]
+        lines = ",\n  ".join(json.dumps(draw) for draw in draws)  # one line per draw
+        (self.run_dir / PHYSICS_NAME).write_text(f"{head},\n \"draws\": [\n  {lines}\n ]}}\n")
 
     def _sampled_act_fn(self, params: Params) -> Callable[[np.ndarray], np.ndarray]:
         """Env i acts with a sample of the policy ``params[i]`` (every tensor ``[E, ...]``, or ``[1, ...]``: one
@@ -247,6 +284,37 @@ class SimTrainingLoop:
 
     def close(self) -> None:
         self.progress.close()
+
+
+def physics_draws(config: Config) -> list[dict[str, Any]]:
+    """The run's K = ``ensemble.num_models`` physics draws as perturbation dicts (``config.randomize``'s ranges and
+    a ``draw_seed`` derived from ``config.seed`` and the draw's index: the same in a resumed run); [] when
+    randomisation is off."""
+    ranges = config.randomize.perturbation()
+    if not ranges:
+        return []
+    return [{**ranges, "draw_seed": int(np.random.default_rng([config.seed % 2**32, 0x9D1C5, d]).integers(2**31))}
+            for d in range(config.ensemble.num_models)]
+
+
+# A MuJoCo model's fields the *_range perturbations scale (first column of the 2-D ones), by the name a reader knows.
+_PHYSICS_FIELDS = {"mass": "body_mass", "damping": "dof_damping", "friction": "geom_friction",
+                   "gear": "actuator_gear"}
+
+
+def physics_factors(env: Any, nominal: Any) -> dict[str, list[float | None]]:
+    """Per-object factors of ``env``'s physics against ``nominal``'s (None where the nominal value is 0), for the
+    fields of :data:`_PHYSICS_FIELDS`; {} for an env without a MuJoCo model."""
+    model = getattr(getattr(env, "unwrapped", None), "model", None)
+    base = getattr(getattr(nominal, "unwrapped", None), "model", None)
+    factors: dict[str, list[float | None]] = {}
+    for name, field in _PHYSICS_FIELDS.items():
+        if not (hasattr(model, field) and hasattr(base, field)):
+            continue
+        ours, theirs = (np.asarray(getattr(m, field), dtype=np.float64) for m in (model, base))
+        ours, theirs = ours.reshape(len(ours), -1)[:, 0], theirs.reshape(len(theirs), -1)[:, 0]
+        factors[name] = [round(float(a / b), 4) if b else None for a, b in zip(ours, theirs, strict=True)]
+    return factors
 
 
 def episodes_as_task(batch: RealBatch, horizon: int, device: torch.device) -> Imagined:

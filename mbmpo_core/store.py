@@ -91,6 +91,8 @@ SCHEMA: tuple[FieldSpec, ...] = (
     # (one run of the node); (robot, session, seq) names a batch across restarts of either side.
     FieldSpec("session", "str", None, False, ""),
     FieldSpec("seq", "int", None, False, -1),
+    # Which physics draw of a domain-randomised simulated run a row came from (-1: none, nominal or a robot).
+    FieldSpec("physics", "int", None, False, -1),
 )
 _SPECS = {spec.name: spec for spec in SCHEMA}
 _STORED_DTYPE = {"float": np.dtype("<f8"), "int": np.dtype("<i8"), "bool": np.dtype("|b1")}
@@ -166,7 +168,7 @@ class TransitionStore:
         ``batch``: ``obs, next_obs: [N, obs_dim]``, ``act: [N, act_dim]``,
         ``reward: [N]``, ``done: [N] bool``; optional ``episode, step: [N] int``,
         ``adapted: [N] bool``, ``robot, policy_id, session: str``, ``seq: [N] int`` (one value: the batch's
-        number in its session, see :class:`BatchKey`). Raises ``ValueError``
+        number in its session, see :class:`BatchKey`), ``physics: [N] int``. Raises ``ValueError``
         naming the offending field (and writes nothing) on unknown/missing
         fields, wrong shapes or N, non-numeric dtypes, NaN/inf.
         """
@@ -213,7 +215,7 @@ class TransitionStore:
 
         Returns every schema field: ``obs, next_obs: [N, obs_dim] float64``,
         ``act: [N, act_dim] float64``, ``reward: [N] float64``, ``done, adapted:
-        [N] bool``, ``episode, step: [N] int64``, ``robot, policy_id: [N] str``
+        [N] bool``, ``episode, step, seq, physics: [N] int64``, ``robot, policy_id: [N] str``
         (defaults where a batch did not provide them).
         """
         batches = list(self.iter_batches())

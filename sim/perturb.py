@@ -20,6 +20,9 @@ model, so apply once to a freshly built env, then ``env.reset()``):
   geom / actuator. The draw for each key uses its own generator seeded by
   ``(seed, key)``, so results do not depend on key order; ``seed=None`` draws
   fresh randomness.
+* ``draw_seed``: int >= 0; seeds the ``*_range`` draws instead of ``seed``, so
+  one physics draw is rebuilt identically in envs reset with different seeds
+  (the training loop's domain randomisation).
 
 Unknown keys or bad values raise ``ValueError`` naming the key.
 """
@@ -51,18 +54,21 @@ def apply_perturbation(env: gym.Env, perturbation: Mapping[str, Any] | None, see
         return
     if not isinstance(perturbation, Mapping):
         raise ValueError(f"perturbation must be a dict, got {type(perturbation).__name__}")
-    unknown = sorted(k for k in perturbation if k not in _HANDLERS)
+    unknown = sorted(k for k in perturbation if k not in PERTURBATION_KEYS)
     if unknown:
-        raise ValueError(f"unknown perturbation key(s) {unknown}; valid keys: {sorted(_HANDLERS)}")
+        raise ValueError(f"unknown perturbation key(s) {unknown}; valid keys: {sorted(PERTURBATION_KEYS)}")
     if seed is not None and (isinstance(seed, bool) or int(seed) < 0):
         raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
+    if _DRAW_SEED in perturbation:
+        seed = _draw_seed(perturbation[_DRAW_SEED])
     model: mujoco.MjModel = env.unwrapped.model  # type: ignore[attr-defined]
     data: mujoco.MjData = env.unwrapped.data  # type: ignore[attr-defined]
     # Edit a copy first: a ValueError halfway through must not leave a
     # half-perturbed model behind.
     scratch = copy.deepcopy(model)
     for key, value in perturbation.items():
-        _HANDLERS[key](scratch, key, value, _key_rng(seed, key))
+        if key != _DRAW_SEED:
+            _HANDLERS[key](scratch, key, value, _key_rng(seed, key))
     for field in _EDITED_FIELDS:
         getattr(model, field)[...] = getattr(scratch, field)
     mujoco.mj_setConst(model, data)
@@ -202,10 +208,17 @@ _HANDLERS: dict[str, _Handler] = {
     "gear_scale_range": _gear_range,
 }
 
-PERTURBATION_KEYS: tuple[str, ...] = tuple(_HANDLERS)
+_DRAW_SEED = "draw_seed"  # not a change of the model: the seed of the *_range draws
+PERTURBATION_KEYS: tuple[str, ...] = (*_HANDLERS, _DRAW_SEED)
 
 # The model arrays the handlers may change (copied back after validation).
 _EDITED_FIELDS = ("body_mass", "body_inertia", "dof_damping", "geom_friction", "actuator_gear")
+
+
+def _draw_seed(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 0:
+        raise ValueError(f"{_DRAW_SEED}: expected a non-negative int, got {value!r}")
+    return int(value)
 
 
 def _key_rng(seed: int | None, key: str) -> np.random.Generator:

@@ -278,12 +278,13 @@ def test_from_config_builds_what_the_config_says() -> None:
     from mbmpo_core.config import EnsembleConfig
 
     cfg = EnsembleConfig(num_models=3, hidden_sizes=(24, 12), activation="tanh", lr=3e-4, batch_size=77,
-                         valid_fraction=0.3, patience=7, improvement_threshold=0.02, max_epochs=11)
+                         valid_fraction=0.3, patience=7, improvement_threshold=0.02, max_epochs=11,
+                         member_emphasis=2.5)
     ens = DynamicsEnsemble.from_config(5, 2, cfg, device="cpu", seed=4, ignored_obs=(0,))
     assert ens.config() == {
         "obs_dim": 5, "act_dim": 2, "num_models": 3, "hidden_sizes": [24, 12], "activation": "tanh", "lr": 3e-4,
         "batch_size": 77, "valid_fraction": 0.3, "patience": 7, "improvement_threshold": 0.02, "max_epochs": 11,
-        "seed": 4, "ignored_obs": [0],
+        "seed": 4, "ignored_obs": [0], "member_emphasis": 2.5,
     }
     with pytest.raises(ValueError, match="patience"):
         DynamicsEnsemble(4, 2, patience=0)
