@@ -79,6 +79,10 @@ class MetaConfig:
     adapt_inner_kl_coef: bool = True  # ProMP: halve / double the penalty around target_inner_kl
     promp_lr: float = 1e-3  # ProMP: Adam step size of the outer update
     promp_steps: int = 5  # ProMP: Adam steps per outer update
+    # > 0: the scalar inner step size starts at inner_lr and is rescaled after every meta-step (at most 2x, within
+    # [1e-6, 10]) so the true inner KL, KL(pi_theta || pi_theta'_m) on pre-update samples, meets this; 0: fixed.
+    # Not ProMP's target_inner_kl (its penalty on the pre-update policy's change). Excludes learn_inner_lr.
+    inner_kl_target: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,7 @@ _RANGES: list[tuple[str, Any, str]] = [
     ("meta.init_inner_kl_coef", lambda v: v >= 0, ">= 0"),
     ("meta.promp_lr", lambda v: v > 0, "> 0"),
     ("meta.promp_steps", lambda v: v >= 1, ">= 1"),
+    ("meta.inner_kl_target", lambda v: v >= 0, ">= 0"),
     ("loop.random_steps", lambda v: v >= 1, ">= 1"),
     ("loop.steps_per_iter", lambda v: v >= 1, ">= 1"),
     ("loop.total_steps", lambda v: v >= 1, ">= 1"),
@@ -199,6 +204,9 @@ def _check_ranges(config: Config, source: str) -> None:
             f"{source}: 'meta.meta_batch_size' ({config.meta.meta_batch_size}) must be a multiple of "
             f"'ensemble.num_models' ({config.ensemble.num_models}) so every model gets the same number of tasks"
         )
+    if config.meta.inner_kl_target > 0 and (config.meta.learn_inner_lr or config.meta.inner_lr == 0):
+        raise ConfigError(f"{source}: 'meta.inner_kl_target' sets the inner step size from a fixed 'meta.inner_lr' "
+                          f"> 0; it cannot be combined with 'meta.learn_inner_lr' or 'meta.inner_lr: 0'")
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:

@@ -24,6 +24,14 @@ Choices (see the docstrings for details):
   ``theta_old``.
 * One inner step per outer step: ``theta'(theta)`` is built once and serves the surrogate's
   gradient, the KL Hessian (where the graphs coincide) and the post-update sampling distribution.
+* Inner step size from a KL target (``inner_kl_target > 0``; 0 keeps ``inner_lr`` fixed): after every
+  outer step the scalar ``alpha`` is multiplied by ``sqrt(target / inner_kl)``, limited to a factor
+  ``ALPHA_MAX_CHANGE`` either way and to ``ALPHA_RANGE``, where ``inner_kl`` is the true inner KL of that
+  step (mean over tasks of ``KL(pi_theta || pi_theta'_m)`` on the pre-update samples). For small steps the
+  KL grows as ``alpha^2``, so one update lands on the target when ``theta`` stands still; meta-training
+  makes ``theta`` more sensitive as it goes (the KL per ``alpha^2`` grew 100x in 15 steps of a toy bandit),
+  which a fixed x1.5 step per outer step did not follow. ``alpha`` is a constant within an outer step (no
+  gradient through it) and part of :meth:`MetaOptimizer.state_dict`.
 
 One outer step, CPU seconds on 1 thread, M=20 x N=10 x H=200, HalfCheetah (obs 18, act 6), alpha 1e-3
 (``benchmarks/outer_step.py``, shared 2-core machine): exact 2.2 (3.0-3.3 before the redundant inner
@@ -46,6 +54,8 @@ from mbmpo_core.policy import GaussianMLPPolicy, Params, gaussian_kl
 from mbmpo_core.trpo import conjugate_gradient, flat_grad, get_flat, hessian_vector_product, trpo_step
 
 Alpha = float | dict[str, Tensor]
+ALPHA_RANGE = (1e-6, 10.0)  # where the KL target may move the inner step size
+ALPHA_MAX_CHANGE = 2.0  # the most the KL target changes alpha by (either way) per outer step
 SurrogateForm = Literal["ratio", "log_prob"]
 KLHessian = Literal["exact", "first_order"]
 
@@ -228,7 +238,9 @@ class MetaOptimizer:
     ``target_inner_kl`` by a factor 1.5.
 
     If ``learn_inner_lr``, ``alpha`` is a dict of per-parameter step sizes (initialised to
-    ``inner_lr``) that is optimised together with ``theta`` by the outer step.
+    ``inner_lr``) that is optimised together with ``theta`` by the outer step. Otherwise, if
+    ``inner_kl_target > 0``, the scalar ``alpha`` follows the true inner KL towards the target
+    (module docstring); the two exclude each other (both would set the step size).
     """
 
     def __init__(
@@ -252,6 +264,7 @@ class MetaOptimizer:
         promp_lr: float = 1e-3,
         promp_steps: int = 5,
         hvp_subsample: float = 1.0,
+        inner_kl_target: float = 0.0,
     ) -> None:
         if algo not in ("trpo", "promp"):
             raise ValueError(f"algo must be 'trpo' or 'promp', got {algo!r}")
@@ -261,6 +274,10 @@ class MetaOptimizer:
             raise ValueError(f"inner_surrogate must be 'ratio' or 'log_prob', got {inner_surrogate!r}")
         if not 0.0 < hvp_subsample <= 1.0:
             raise ValueError(f"hvp_subsample must be in (0, 1], got {hvp_subsample}")
+        if inner_kl_target < 0:
+            raise ValueError(f"inner_kl_target must be >= 0, got {inner_kl_target}")
+        if inner_kl_target > 0 and (learn_inner_lr or inner_lr <= 0):
+            raise ValueError("inner_kl_target needs a fixed inner_lr > 0 to start from (not learn_inner_lr, not 0)")
         self.policy = policy
         self.algo = algo
         self.alpha: Alpha = float(inner_lr)
@@ -270,6 +287,7 @@ class MetaOptimizer:
         self.backtrack_ratio, self.max_backtracks = backtrack_ratio, max_backtracks
         self.first_order, self.kl_hessian, self.inner_surrogate = first_order, kl_hessian, inner_surrogate
         self.hvp_subsample = float(hvp_subsample)
+        self.inner_kl_target = float(inner_kl_target)
         self.clip_eps, self.target_inner_kl = clip_eps, target_inner_kl
         self.init_inner_kl_coef, self.adapt_inner_kl_coef = init_inner_kl_coef, adapt_inner_kl_coef
         self.promp_lr, self.promp_steps = promp_lr, promp_steps
@@ -286,10 +304,18 @@ class MetaOptimizer:
             kl_hessian=cast(KLHessian, cfg.kl_hessian), inner_surrogate=cast(SurrogateForm, cfg.inner_surrogate),
             clip_eps=cfg.clip_eps, target_inner_kl=cfg.target_inner_kl, init_inner_kl_coef=cfg.init_inner_kl_coef,
             adapt_inner_kl_coef=cfg.adapt_inner_kl_coef, promp_lr=cfg.promp_lr, promp_steps=cfg.promp_steps,
-            hvp_subsample=cfg.hvp_subsample,
+            hvp_subsample=cfg.hvp_subsample, inner_kl_target=cfg.inner_kl_target,
         )
 
     # ------------------------------------------------------------------ pieces
+    @property
+    def inner_lr(self) -> float:
+        """The scalar inner step size; the mean over every parameter entry for learned per-parameter ones."""
+        if not isinstance(self.alpha, dict):
+            return float(self.alpha)
+        with torch.no_grad():
+            return float(torch.cat([v.reshape(-1) for v in self.alpha.values()]).mean())
+
     def parameters(self) -> list[Tensor]:
         """Everything the outer step optimises: policy params (fixed order), then learnable alphas."""
         params = list(self.policy.params().values())
@@ -311,6 +337,12 @@ class MetaOptimizer:
             raise ValueError("batch has no old distribution; use RolloutBatch.with_old_dist")
         mean, log_std = self.policy.mean_and_log_std(batch.obs, params)
         return masked_task_mean(gaussian_kl(batch.old_mean, batch.old_log_std, mean, log_std), batch.mask)
+
+    def inner_kl(self, adapted: Params, pre: RolloutBatch) -> Tensor:
+        """True inner KL per task ``[M]``: ``mean_valid KL(pi_theta || pi_{theta'_m})`` on ``pre``, whose sampling
+        distribution is ``pi_theta`` (``adapted``: ``theta'_m`` of that ``theta``, ``[M, ...]``)."""
+        with torch.no_grad():
+            return self.kl(_detach_params(adapted), self._with_pre_dist(pre))
 
     def _with_pre_dist(self, pre: RolloutBatch) -> RolloutBatch:
         """Fill ``pre``'s missing sampling distribution: it was sampled by the current ``theta``."""
@@ -348,8 +380,9 @@ class MetaOptimizer:
 
     def _trpo_closures(
         self, pre: RolloutBatch, post: RolloutBatch
-    ) -> tuple[list[Tensor], RolloutBatch, Callable[[], Tensor], Callable[[], Tensor], Callable[[], Tensor]]:
-        """``(params, post with its sampling distribution, f_loss, f_kl, f_kl_hessian)`` for :func:`trpo_step`.
+    ) -> tuple[list[Tensor], Params, RolloutBatch, Callable[[], Tensor], Callable[[], Tensor], Callable[[], Tensor]]:
+        """``(params, theta' at the start (detached), post with its sampling distribution, f_loss, f_kl,
+        f_kl_hessian)`` for :func:`trpo_step`.
 
         ``f_loss`` with grad and ``f_kl_hessian`` use graphs built at the current parameters (only valid
         there); without grad (the line search) ``f_loss`` and ``f_kl`` share one inner step per candidate.
@@ -359,7 +392,8 @@ class MetaOptimizer:
         adapted, adapted_hvp = self._adapted_for_step(pre)
         post = self._with_post_dist(post, adapted)
         post_hvp = subsample_steps(post, self.hvp_subsample)
-        cache: dict[str, Any] = {"x": x0, "adapted": _detach_params(adapted)}
+        start = _detach_params(adapted)
+        cache: dict[str, Any] = {"x": x0, "adapted": start}
 
         def at_start(value: Params) -> Params:
             if not torch.equal(get_flat(params), x0):
@@ -382,7 +416,7 @@ class MetaOptimizer:
         def f_kl_hessian() -> Tensor:
             return self.kl(at_start(adapted_hvp), post_hvp).mean()
 
-        return params, post, f_loss, f_kl, f_kl_hessian
+        return params, start, post, f_loss, f_kl, f_kl_hessian
 
     # ------------------------------------------------------------------ outer step
     def outer_step(self, pre_batch: RolloutBatch, post_batch: RolloutBatch) -> dict[str, float]:
@@ -393,31 +427,43 @@ class MetaOptimizer:
 
         Returns:
             stats: ``surrogate_before/after``, ``kl`` (outer, post-update samples), ``accepted``
-            (0/1), ``step_frac``, ``n_backtracks``, ``grad_norm``, ``inner_kl`` (pre-update policy
-            change on pre samples), ``entropy``.
+            (0/1), ``step_frac``, ``n_backtracks``, ``grad_norm``, ``inner_kl`` (the true inner KL of
+            this step's ``theta``: mean over tasks of ``KL(pi_theta || pi_theta'_m)`` on pre samples),
+            ``inner_lr`` (the scalar step size it used, see :attr:`inner_lr`), ``outer_kl_pre`` (the outer
+            step's change of the pre-update policy on pre samples), ``entropy``.
         """
         pre = self._with_pre_dist(pre_batch.detach())
         post = post_batch.detach()
-        stats = self._promp_step(pre, post) if self.algo == "promp" else self._trpo_step(pre, post)
-        if "inner_kl" not in stats:
-            theta = task_batched(self.policy, _detach_params(self.policy.params()), pre.num_tasks)
-            with torch.no_grad():
-                stats["inner_kl"] = float(self.kl(theta, pre).mean())
+        stats = {"inner_lr": self.inner_lr}
+        stats.update(self._promp_step(pre, post) if self.algo == "promp" else self._trpo_step(pre, post))
+        theta = task_batched(self.policy, _detach_params(self.policy.params()), pre.num_tasks)
         with torch.no_grad():
+            stats["outer_kl_pre"] = float(self.kl(theta, pre).mean())
             stats["entropy"] = float(self.policy.entropy())
+        self._follow_inner_kl_target(stats["inner_kl"])
         return stats
+
+    def _follow_inner_kl_target(self, inner_kl: float) -> None:
+        """Scale the scalar ``alpha`` so that ``inner_kl`` (~ alpha^2) would have met the KL target, within
+        ``ALPHA_MAX_CHANGE`` and ``ALPHA_RANGE`` (nothing without a target, or for a NaN KL)."""
+        if self.inner_kl_target <= 0 or isinstance(self.alpha, dict) or math.isnan(inner_kl):
+            return
+        ratio = math.sqrt(self.inner_kl_target / inner_kl) if inner_kl > 0 else math.inf
+        factor = min(max(ratio, 1.0 / ALPHA_MAX_CHANGE), ALPHA_MAX_CHANGE)
+        self.alpha = min(max(self.alpha * factor, ALPHA_RANGE[0]), ALPHA_RANGE[1])
 
     def natural_direction(self, pre_batch: RolloutBatch, post_batch: RolloutBatch) -> Tensor:
         """The TRPO step's unscaled CG direction ``-(H + damping I)^-1 g`` ``[P]`` (over :meth:`parameters`),
         without changing anything; for tests and benchmarks of the Hessian options."""
         pre = self._with_pre_dist(pre_batch.detach())
-        params, _, f_loss, _, f_kl_hessian = self._trpo_closures(pre, post_batch.detach())
+        params, _, _, f_loss, _, f_kl_hessian = self._trpo_closures(pre, post_batch.detach())
         grad = flat_grad(f_loss(), params, retain_graph=True)
         hvp = hessian_vector_product(f_kl_hessian, params, self.cg_damping)
         return conjugate_gradient(hvp, -grad, iters=self.cg_iters).detach()
 
     def _trpo_step(self, pre: RolloutBatch, post: RolloutBatch) -> dict[str, float]:
-        params, _, f_loss, f_kl, f_kl_hessian = self._trpo_closures(pre, post)
+        params, start, _, f_loss, f_kl, f_kl_hessian = self._trpo_closures(pre, post)
+        inner_kl = float(self.inner_kl(start, pre).mean())
         res = trpo_step(
             params, f_loss, f_kl, self.max_kl, self.cg_iters, self.cg_damping, self.backtrack_ratio,
             self.max_backtracks, hessian_kl=f_kl_hessian,
@@ -431,6 +477,7 @@ class MetaOptimizer:
             "step_frac": res.step_frac,
             "n_backtracks": float(res.n_backtracks),
             "grad_norm": res.grad_norm,
+            "inner_kl": inner_kl,
         }
 
     def _promp_objective(self, pre: RolloutBatch, post: RolloutBatch) -> tuple[Tensor, Tensor, Tensor]:
@@ -456,6 +503,7 @@ class MetaOptimizer:
             start = self.adapt(pre, create_graph=False)
             post = self._with_post_dist(post, start)
             surr_before = float(self.surrogate(start, post).mean())
+            true_inner_kl = float(self.inner_kl(start, pre).mean())
         for _ in range(self.promp_steps):
             loss, _, _ = self._promp_objective(pre, post)
             self._adam.zero_grad()
@@ -466,7 +514,7 @@ class MetaOptimizer:
             surr_after = float(self.surrogate(adapted, post).mean())
             kl = float(self.kl(adapted, post).mean())
             theta = task_batched(self.policy, _detach_params(self.policy.params()), m)
-            inner_kl = self.kl(theta, pre)
+            inner_kl = self.kl(theta, pre)  # ProMP's "inner KL": the pre-update policy's change (outer_kl_pre)
             if self.adapt_inner_kl_coef:
                 # ProMP's adaptive penalty: keep each task's inner KL near the target.
                 low, high = inner_kl < self.target_inner_kl / 1.5, inner_kl > self.target_inner_kl * 1.5
@@ -480,12 +528,13 @@ class MetaOptimizer:
             "step_frac": 1.0,
             "n_backtracks": 0.0,
             "inner_kl_coef": float(self.inner_kl_coef.mean()),
-            "inner_kl": float(inner_kl.mean()),
+            "inner_kl": true_inner_kl,
         }
 
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict[str, Any]:
-        """Learnable step sizes, ProMP penalty coefficients and Adam state (the policy is saved separately)."""
+        """Step sizes (learned, or the one the KL target set), ProMP penalty coefficients and Adam state (the
+        policy is saved separately)."""
         alpha = self.alpha if isinstance(self.alpha, float) else {k: v.detach().clone() for k, v in self.alpha.items()}
         return {
             "alpha": alpha,

@@ -51,11 +51,18 @@ REAL_RETURNS = ("return_pre", "return_post", "return_pre_det", "return_post_det"
 
 @dataclass(frozen=True)
 class MetaStats:
-    """Numbers of the last meta-step of an iteration (NaN when ``meta_steps`` is 0)."""
+    """Numbers of the last meta-step of an iteration (NaN when ``meta_steps`` is 0).
+
+    ``inner_kl``: the true inner KL, mean over tasks of ``KL(pi_theta || pi_theta'_m)`` on the pre-update rollouts;
+    ``inner_lr``: the step size that gave it (the mean of the per-parameter ones with ``learn_inner_lr``; with
+    ``meta.inner_kl_target`` the next meta-step's may be up to 2x away). ``outer_kl``: the outer step's KL on the
+    post-update rollouts.
+    """
 
     outer_kl: float = float("nan")
     outer_accepted: float = float("nan")
     inner_kl: float = float("nan")
+    inner_lr: float = float("nan")
     imagined_return_pre: float = float("nan")
     imagined_return_post: float = float("nan")
 
@@ -260,7 +267,7 @@ class MetaLearner:
             step = self.meta.outer_step(pre, post)
             timer.add("outer", t)
             stats = MetaStats(outer_kl=float(step["kl"]), outer_accepted=float(step.get("accepted", 1.0)),
-                              inner_kl=float(step.get("inner_kl", np.nan)),
+                              inner_kl=float(step["inner_kl"]), inner_lr=float(step["inner_lr"]),
                               imagined_return_pre=_mean_return(pre), imagined_return_post=_mean_return(post))
             self._last_meta_step_s = (time.perf_counter() - started) / (k + 1)
             tell.meta_step(k + 1)

@@ -11,7 +11,7 @@ from typing import Any
 PROGRESS_COLUMNS = [
     "iteration", "real_steps", "return_pre", "return_post", "return_pre_det", "return_post_det",
     "return_adapted_real", "return_train",
-    "model_train_loss", "model_valid_loss", "model_epochs", "inner_kl", "outer_kl", "outer_accepted",
+    "model_train_loss", "model_valid_loss", "model_epochs", "inner_kl", "inner_lr", "outer_kl", "outer_accepted",
     "imagined_return_pre", "imagined_return_post",
     "time_sample", "time_fit", "time_imagine", "time_inner", "time_outer", "time_eval", "time_total",
 ]
