@@ -18,7 +18,15 @@ File contract:
   ``obs [N, obs_dim]``, ``act [N, act_dim]``, ``advantages [N]``, ``mask [N]``. Outputs ``grad.<name>``
   (gradient of ``J = sum(mask * A * log pi(act|obs)) / max(sum(mask), 1)``) and ``adapted.<name>`` =
   ``<name> + alpha_<name> * grad.<name>`` with the step sizes baked in. Masked rows must still be finite.
-* ``metadata_props`` (both files): see :data:`REQUIRED_METADATA`; lists and numbers are JSON, strings plain.
+* ``policy.dynamics.onnx`` (metadata ``dynamics_file``; optional: "" or a missing key means none, and bundles
+  written before it existed stay valid): the dynamics ensemble of K members, normalisers inside. Inputs
+  ``obs [B, obs_dim]``, ``act [B, act_dim]`` (the executed, clipped action) and the last layer as overridable
+  inputs with the trained values as defaults, ``last.weight [K, H, obs_dim]``, ``last.bias [K, 1, obs_dim]``.
+  Outputs ``features [K, B, H]`` (the last hidden activations) and ``next_obs [K, B, obs_dim]`` =
+  ``obs + (features @ last.weight + last.bias) * target_std + target_mean``; the target normaliser is the pair
+  of constants ``target_mean`` / ``target_std`` (initializers). Its own metadata: ``format_version``,
+  ``policy_id`` (of the policy it was exported with), ``obs_dim``, ``act_dim``, ``num_models``, ``hidden``.
+* ``metadata_props`` (all files): see :data:`REQUIRED_METADATA`; lists and numbers are JSON, strings plain.
 """
 
 from __future__ import annotations
@@ -41,14 +49,22 @@ OBS_INPUT, ACT_INPUT, ADV_INPUT, MASK_INPUT = "obs", "act", "advantages", "mask"
 MEAN_OUTPUT, LOG_STD_OUTPUT = "action_mean", "log_std"
 OBS_MEAN_CONST, OBS_SCALE_CONST = "obs_mean", "obs_scale"
 GRAD_PREFIX, ADAPTED_PREFIX = "grad.", "adapted."
+LAST_WEIGHT_INPUT, LAST_BIAS_INPUT = "last.weight", "last.bias"
+FEATURES_OUTPUT, NEXT_OBS_OUTPUT = "features", "next_obs"
+TARGET_MEAN_CONST, TARGET_STD_CONST = "target_mean", "target_std"
+OPSET = 17
+IR_VERSION = 8  # onnxruntime >= 1.10 reads it; initializers double as overridable input defaults since IR 4
 
-# Metadata keys whose values are JSON (the others are plain strings).
-JSON_METADATA = (
+# Metadata keys whose values are JSON (the others are plain strings): the policy graph's, then the dynamics graph's.
+_POLICY_JSON_METADATA = (
     "obs_names", "obs_dim", "act_names", "act_dim", "joint_names", "action_low", "action_high",
     "control_rate_hz", "horizon", "inner_lr", "gamma", "gae_lambda", "learner_iteration", "param_names",
 )
+JSON_METADATA = (*_POLICY_JSON_METADATA, "num_models", "hidden")
 STRING_METADATA = ("format_version", "task", "policy_id", "adapt_file")
-REQUIRED_METADATA = STRING_METADATA + JSON_METADATA
+REQUIRED_METADATA = STRING_METADATA + _POLICY_JSON_METADATA
+OPTIONAL_METADATA = ("dynamics_file",)  # string; absent in bundles written before the ensemble travelled
+DYNAMICS_METADATA = ("format_version", "policy_id", "obs_dim", "act_dim", "num_models", "hidden")
 
 _FILE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.onnx$")  # a plain name: never a path
 
@@ -149,7 +165,8 @@ class PolicyBundle:
 
     Attributes:
         files: ``{file name: serialized ONNX}``, the policy graph first, then the inner-step graph it names in
-            ``metadata["adapt_file"]`` (absent if it names none, or if it was not found on disk).
+            ``metadata["adapt_file"]`` and the dynamics graph of ``metadata["dynamics_file"]`` (each absent if it
+            names none, or if it was not found on disk).
         metadata: the policy graph's ``metadata_props``, decoded (:func:`decode_metadata`).
         policy_id: sha256 of the parameters (:func:`policy_id`), as the metadata states it.
 
@@ -189,6 +206,17 @@ class PolicyBundle:
         """The serialized inner-step graph, or None if the metadata names none or the bundle lacks it."""
         return self.files.get(self.adapt_file) if self.adapt_file and self.adapt_file != self.name else None
 
+    @property
+    def dynamics_file(self) -> str:
+        """The dynamics graph's file name as the metadata states it ("" if none, also for older bundles)."""
+        return str(self.metadata.get("dynamics_file", ""))
+
+    @property
+    def dynamics_bytes(self) -> bytes | None:
+        """The serialized dynamics graph, or None if the metadata names none or the bundle lacks it."""
+        name = self.dynamics_file
+        return self.files.get(name) if name and name != self.name else None
+
     @classmethod
     def from_files(cls, files: Mapping[str, bytes]) -> PolicyBundle:
         """The bundle of ``files`` (policy graph first); metadata and id are read from the policy graph.
@@ -205,7 +233,7 @@ class PolicyBundle:
 
     @classmethod
     def from_dir(cls, directory: str | Path, policy_file: str = POLICY_FILE) -> PolicyBundle:
-        """Read ``directory/policy_file`` and the inner-step graph it names beside it (if present).
+        """Read ``directory/policy_file`` and the inner-step and dynamics graphs it names beside it (if present).
 
         Raises:
             PolicyValidationError: the policy file is missing or is no ONNX model (one line).
@@ -215,10 +243,11 @@ class PolicyBundle:
             raise _fail(policy_file, "no such file")
         files = {policy_file: path.read_bytes()}
         metadata = read_metadata(policy_file, files[policy_file])
-        adapt = str(metadata.get("adapt_file", ""))
-        # Only a plain name beside the policy file is read: metadata never points the reader elsewhere.
-        if adapt and adapt != policy_file and is_plain_file_name(adapt) and (path.parent / adapt).is_file():
-            files[adapt] = (path.parent / adapt).read_bytes()
+        for key in ("adapt_file", "dynamics_file"):
+            other = str(metadata.get(key, ""))
+            # Only a plain name beside the policy file is read: metadata never points the reader elsewhere.
+            if other and other not in files and is_plain_file_name(other) and (path.parent / other).is_file():
+                files[other] = (path.parent / other).read_bytes()
         return cls(files, metadata, str(metadata.get("policy_id", "")))
 
     @classmethod
@@ -230,8 +259,8 @@ class PolicyBundle:
     def write(self, directory: str | Path) -> Path:
         """Write every file into ``directory`` (created if needed); returns the policy file's path.
 
-        Each file is written beside its target and renamed, so a reader never sees half a file; the inner-step
-        graph goes first, since the policy file names it.
+        Each file is written beside its target and renamed, so a reader never sees half a file; the policy file
+        goes last, since it names the others.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,8 @@ The graphs are written by hand with ``onnx.helper`` (opset 17, IR version 8) rat
 ``torch.onnx.export``: the forward pass is a few Gemm/Tanh nodes, the inner step needs the *analytic*
 backward pass as plain ops (onnxruntime has no autograd in inference builds), and hand-written graphs keep
 the parameter names (``l0.weight`` ... ``log_std``, dots kept) as the graph input names. The file layout and
-the metadata contract are documented in :mod:`mbmpo_core.bundle`. The exporter builds a
+the metadata contract are documented in :mod:`mbmpo_core.bundle`; the dynamics graph (the ensemble the robot
+identifies and imagines with) is built by :mod:`mbmpo_core.export_dynamics`. The exporter builds a
 :class:`~mbmpo_core.bundle.PolicyBundle` in memory (:func:`export_bundle`); :func:`export_policy` also writes it.
 Nothing here imports onnxruntime: training writes policies without it.
 
@@ -35,12 +36,14 @@ from mbmpo_core.bundle import (
     ADV_INPUT,
     FORMAT_VERSION,
     GRAD_PREFIX,
+    IR_VERSION,
     LOG_STD_OUTPUT,
     MASK_INPUT,
     MEAN_OUTPUT,
     OBS_INPUT,
     OBS_MEAN_CONST,
     OBS_SCALE_CONST,
+    OPSET,
     POLICY_FILE,
     PolicyBundle,
     decode_metadata,
@@ -49,10 +52,12 @@ from mbmpo_core.bundle import (
     policy_id,
 )
 from mbmpo_core.config import load_config
+from mbmpo_core.ensemble import DynamicsEnsemble
+from mbmpo_core.export_dynamics import build_dynamics_model
 from mbmpo_core.policy import GaussianMLPPolicy
 
-OPSET = 17
-IR_VERSION = 8  # onnxruntime >= 1.10 reads it; initializers double as overridable input defaults since IR 4
+__all__ = ["IR_VERSION", "OPSET", "adapt_file_name", "dynamics_file_name", "export_bundle", "export_from_checkpoint",
+           "export_policy"]
 InnerLr = float | Mapping[str, Any]  # a float, or per-parameter step sizes (tensors/arrays shaped like the params)
 
 
@@ -73,6 +78,12 @@ def adapt_file_name(path: str | Path) -> str:
     """``policy.onnx -> policy.adapt.onnx`` (other names get ``.adapt.onnx`` appended)."""
     name = Path(path).name
     return name[: -len(".onnx")] + ".adapt.onnx" if name.endswith(".onnx") else name + ".adapt.onnx"
+
+
+def dynamics_file_name(path: str | Path) -> str:
+    """``policy.onnx -> policy.dynamics.onnx`` (other names get ``.dynamics.onnx`` appended)."""
+    name = Path(path).name
+    return name[: -len(".onnx")] + ".dynamics.onnx" if name.endswith(".onnx") else name + ".dynamics.onnx"
 
 
 def policy_numpy_params(policy: GaussianMLPPolicy) -> dict[str, np.ndarray]:
@@ -241,6 +252,7 @@ def export_bundle(
     iteration: int,
     file_name: str = POLICY_FILE,
     with_adapt: bool = True,
+    ensemble: DynamicsEnsemble | None = None,
 ) -> PolicyBundle:
     """The policy graph and its inner-step graph as a :class:`PolicyBundle`, in memory (nothing is written).
 
@@ -250,9 +262,11 @@ def export_bundle(
         iteration: the learner iteration, stored as ``learner_iteration``.
         file_name: the policy graph's file name; the inner-step graph is :func:`adapt_file_name` of it.
         with_adapt: False leaves the inner-step graph out (metadata ``adapt_file`` = "").
+        ensemble: the dynamics ensemble to ship as :func:`dynamics_file_name` (None: none, ``dynamics_file`` = "").
 
     Raises:
-        ValueError: names or bounds that do not match the policy's dims, or non-finite parameters.
+        ValueError: names or bounds that do not match the policy's dims (or the ensemble's), or non-finite
+            parameters.
     """
     params = policy_numpy_params(policy)
     names = policy.param_names()
@@ -260,13 +274,18 @@ def export_bundle(
     _check_export_args(policy, params, obs_names, act_names, low, high, control_rate_hz)
     pid = policy_id(params, names)
     adapt_name = adapt_file_name(file_name) if with_adapt else ""
+    dynamics_name = dynamics_file_name(file_name) if ensemble is not None else ""
+    if ensemble is not None and (ensemble.obs_dim, ensemble.act_dim) != (policy.obs_dim, policy.act_dim):
+        raise ValueError(f"ensemble dims {(ensemble.obs_dim, ensemble.act_dim)} != policy dims "
+                         f"{(policy.obs_dim, policy.act_dim)}")
     metadata = encode_metadata({
         "format_version": FORMAT_VERSION, "task": task_name, "obs_names": list(obs_names),
         "obs_dim": policy.obs_dim, "act_names": list(act_names), "act_dim": policy.act_dim,
         "joint_names": list(joint_names), "action_low": low, "action_high": high,
         "control_rate_hz": float(control_rate_hz), "horizon": int(horizon), "inner_lr": _inner_lr_metadata(inner_lr),
         "gamma": float(gamma), "gae_lambda": float(gae_lambda), "policy_id": pid,
-        "learner_iteration": int(iteration), "param_names": names, "adapt_file": adapt_name,
+        "dynamics_file": dynamics_name, "learner_iteration": int(iteration), "param_names": names,
+        "adapt_file": adapt_name,
     })
     obs_mean, obs_scale = _to_numpy(policy.obs_mean), _to_numpy(policy.obs_scale)
     files = {file_name: build_policy_model(params, obs_mean, obs_scale, metadata).SerializeToString()}
@@ -274,12 +293,16 @@ def export_bundle(
         lr = inner_lr if isinstance(inner_lr, int | float) else {k: _to_numpy(v) for k, v in inner_lr.items()}
         adapt = build_adapt_model(params, obs_mean, obs_scale, inner_lr_arrays(lr, params), metadata)
         files[adapt_name] = adapt.SerializeToString()
+    if ensemble is not None:
+        dynamics = build_dynamics_model(ensemble, {"task": task_name, "policy_id": pid})
+        files[dynamics_name] = dynamics.SerializeToString()
     return PolicyBundle(files, decode_metadata(metadata), pid)
 
 
 def export_policy(policy: GaussianMLPPolicy, path: str | Path, *, write_adapt: bool = True, **kwargs: Any) -> str:
     """Write :func:`export_bundle` as ``path`` (policy graph) and, beside it, :func:`adapt_file_name` (inner-step
-    graph); ``write_adapt=False`` writes only the policy file. ``kwargs``: those of :func:`export_bundle`.
+    graph) and, given ``ensemble=``, :func:`dynamics_file_name`; ``write_adapt=False`` leaves the inner-step graph
+    out. ``kwargs``: those of :func:`export_bundle`.
 
     Returns:
         the policy id (sha256 of the float32 parameters, see :func:`mbmpo_core.bundle.policy_id`).
@@ -341,16 +364,29 @@ def _hidden_sizes(policy_state: Mapping[str, torch.Tensor]) -> tuple[int, ...]:
     return tuple(widths)
 
 
+def _ensemble_from_state(state: Mapping[str, torch.Tensor], obs_dim: int, act_dim: int,
+                         activation: str) -> DynamicsEnsemble:
+    """The ensemble of a checkpoint's ``state["ensemble"]``; sizes from the saved weights (``[K, in, out]``),
+    ignored observations from the saved input normaliser's mask."""
+    shapes = [tuple(state[f"weights.{i}"].shape) for i in range(sum(k.startswith("weights.") for k in state))]
+    ensemble = DynamicsEnsemble(obs_dim, act_dim, num_models=shapes[0][0], hidden_sizes=[s[2] for s in shapes[:-1]],
+                                activation=activation)
+    ensemble.load_state_dict(state)
+    return ensemble
+
+
 def export_from_checkpoint(
     run_dir_or_checkpoint: str | Path,
     out_path: str | Path,
     task_spec_lookup: TaskMeta | Callable[[str], TaskMeta],
+    with_dynamics: bool = True,
 ) -> str:
     """Rebuild the meta-policy of a run (``config.yaml`` + ``checkpoints/checkpoint.pt``) and export it.
 
     Args:
         run_dir_or_checkpoint: a run directory, or its ``checkpoints/checkpoint.pt``.
-        out_path: the policy file to write (the adapt graph goes beside it).
+        out_path: the policy file to write (the adapt graph goes beside it, and the dynamics graph).
+        with_dynamics: also export the checkpoint's ensemble (if it holds one).
         task_spec_lookup: the task (an object with :class:`TaskMeta`'s attributes, e.g. ``sim.Task``) or a
             callable mapping the config's task name to one (mbmpo_core must not import ``sim`` itself).
 
@@ -365,9 +401,13 @@ def export_from_checkpoint(
     policy = GaussianMLPPolicy(len(task.obs_names), len(task.act_names), _hidden_sizes(state["policy"]))
     policy.load_state_dict(state["policy"])
     alpha = state.get("meta", {}).get("alpha", config.meta.inner_lr)
+    ensemble = None
+    if with_dynamics and "ensemble" in state:
+        ensemble = _ensemble_from_state(state["ensemble"], policy.obs_dim, policy.act_dim, config.ensemble.activation)
     return export_policy(
         policy, out_path, task_name=task.name, obs_names=task.obs_names, act_names=task.act_names,
         joint_names=task.joint_names, action_low=task.action_low, action_high=task.action_high,
         control_rate_hz=1.0 / float(task.dt), horizon=config.loop.horizon, inner_lr=alpha,
         gamma=config.meta.gamma, gae_lambda=config.meta.gae_lambda, iteration=int(state.get("iteration", 0)),
+        ensemble=ensemble,
     )

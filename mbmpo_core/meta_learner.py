@@ -314,12 +314,13 @@ class MetaLearner:
     # ---------------------------------------------------------------- export
     def export_args(self) -> dict[str, Any]:
         """Keyword arguments of :func:`mbmpo_core.export.export_policy` for the current meta-policy
-        (``export_policy(learner.policy, path, **learner.export_args())``)."""
+        (``export_policy(learner.policy, path, **learner.export_args())``); the bundle carries the ensemble."""
         t, m = self.task, self.config.meta
         return {"task_name": t.name, "obs_names": t.obs_names, "act_names": t.act_names,
                 "joint_names": t.joint_names, "action_low": t.action_low, "action_high": t.action_high,
                 "control_rate_hz": 1.0 / t.dt, "horizon": self.config.loop.horizon, "inner_lr": self.meta.alpha,
-                "gamma": m.gamma, "gae_lambda": m.gae_lambda, "iteration": self.iteration}
+                "gamma": m.gamma, "gae_lambda": m.gae_lambda, "iteration": self.iteration,
+                "ensemble": self.ensemble}
 
     # ---------------------------------------------------------------- checkpoint
     def state_dict(self) -> dict[str, Any]:

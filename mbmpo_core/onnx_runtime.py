@@ -3,7 +3,8 @@
 Imports numpy, onnx (protobuf only, to read metadata and initializers) and onnxruntime, never torch,
 so the controller runs on a robot without PyTorch. Everything works on a :class:`~mbmpo_core.bundle.PolicyBundle`
 in memory (the file contract is in :mod:`mbmpo_core.bundle`): :func:`validate_bundle` checks one and returns it
-loaded as an :class:`OnnxPolicy`; :func:`validate_policy_file` and :func:`read_policy_bundle` are the disk side.
+loaded as an :class:`OnnxPolicy` (with the bundle's dynamics ensemble, :mod:`mbmpo_core.onnx_dynamics`, if it
+carries one); :func:`validate_policy_file` and :func:`read_policy_bundle` are the disk side.
 The advantages of the controller's own episodes come from :mod:`mbmpo_core.advantages`, as in training.
 """
 
@@ -15,8 +16,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
-from onnx import numpy_helper
 
 from mbmpo_core.bundle import (
     ACT_INPUT,
@@ -38,35 +37,13 @@ from mbmpo_core.bundle import (
     policy_id,
     same_metadata,
 )
+from mbmpo_core.onnx_dynamics import OnnxEnsemble, validate_dynamics
+from mbmpo_core.onnx_session import make_session, read_initializers
 
 __all__ = [
     "OnnxPolicy", "PolicyValidationError", "make_session", "read_initializers", "read_policy_bundle",
     "validate_bundle", "validate_policy_file",
 ]
-
-
-# ---------------------------------------------------------------------------------------------- sessions
-def make_session(model: bytes | onnx.ModelProto | str | Path) -> ort.InferenceSession:
-    """CPU session on one intra-op thread (the controller owns the other cores); warnings silenced.
-
-    ``model``: serialized ONNX (loaded from memory), a parsed model, or a file path.
-    """
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    # Overridable initializers trigger a "cannot constant-fold" warning on every load: expected here.
-    opts.log_severity_level = 3
-    if isinstance(model, onnx.ModelProto):
-        source: bytes | str = model.SerializeToString()
-    else:
-        source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
-
-
-def read_initializers(model: onnx.ModelProto, names: Sequence[str]) -> dict[str, np.ndarray]:
-    """Initializer values for ``names`` (KeyError if one is missing)."""
-    found = {init.name: init for init in model.graph.initializer}
-    return {name: np.array(numpy_helper.to_array(found[name])) for name in names}  # writable copies
 
 
 class OnnxPolicy:
@@ -82,6 +59,9 @@ class OnnxPolicy:
         params: trained parameters (float32 numpy arrays) read from the initializers.
         obs_mean, obs_scale: the normalizer baked into the graph, ``[obs_dim]``.
         can_adapt: True if the adapt graph is in the bundle.
+        dynamics: the bundle's dynamics ensemble as :func:`validate_bundle` checked and loaded it; None if the
+            bundle carries none or the policy was not loaded through :func:`validate_bundle` (then
+            :meth:`OnnxEnsemble.from_bundle` of :attr:`bundle` loads it).
     """
 
     def __init__(self, source: PolicyBundle | str | Path, model: onnx.ModelProto | None = None) -> None:
@@ -95,6 +75,7 @@ class OnnxPolicy:
         self.obs_mean, self.obs_scale = norm[OBS_MEAN_CONST], norm[OBS_SCALE_CONST]
         self.obs_dim, self.act_dim = int(self.metadata["obs_dim"]), int(self.metadata["act_dim"])
         self._session = make_session(self.bundle.policy_bytes)
+        self.dynamics: OnnxEnsemble | None = None
         adapt = self.bundle.adapt_bytes
         try:
             self._adapt_session = None if adapt is None else make_session(adapt)
@@ -212,13 +193,14 @@ def validate_bundle(
     adapt: bool = True,
 ) -> OnnxPolicy:
     """Check that ``bundle`` is a complete, consistent, runnable policy; return it loaded (parsed once).
-    ``adapt`` False: the inner-step graph is neither checked nor loaded (a user who will not adapt).
+    ``adapt`` False: the inner-step and dynamics graphs are neither checked nor loaded (a user who will not adapt).
 
     Checks: the policy graph parses and passes the ONNX checker; format version supported; metadata complete,
     as the bundle states it, and consistent with the graph (names, dims, bounds, parameter shapes, policy id);
     parameters finite; inference on zeros and on a batch at normalized scale is finite with the right shapes;
     the adapt graph (if named) is in the bundle, belongs to the same parameters and gives finite gradients;
-    names match the expectations. All in memory.
+    the dynamics graph (if named) passes :func:`mbmpo_core.onnx_dynamics.validate_dynamics` and is attached as
+    ``policy.dynamics``; names match the expectations. All in memory.
 
     Raises:
         PolicyValidationError: with a one-line reason, starting with the policy file's name.
@@ -302,6 +284,9 @@ def _check_metadata(name: str, model: onnx.ModelProto, bundle: PolicyBundle) -> 
         (isinstance(meta["param_names"], list) and len(meta["param_names"]) >= 3, "param_names malformed"),
         (meta["adapt_file"] == "" or (is_plain_file_name(meta["adapt_file"]) and meta["adapt_file"] != name),
          "adapt_file is not a plain '<name>.onnx' beside the policy"),
+        (bundle.dynamics_file == "" or (is_plain_file_name(bundle.dynamics_file)
+                                        and bundle.dynamics_file not in (name, meta["adapt_file"])),
+         "dynamics_file is not a plain '<name>.onnx' of its own beside the policy"),
     ]
     for ok, reason in checks:
         if not ok:
@@ -379,6 +364,8 @@ def _check_inference(bundle: PolicyBundle, model: onnx.ModelProto, adapt: bool =
             raise _fail(name, "inference gives non-finite actions")
     if bundle.adapt_file and adapt:
         _check_adapt(bundle, policy, typical, rng)
+    if bundle.dynamics_file and adapt:
+        policy.dynamics = validate_dynamics(bundle, policy.metadata, typical)
     return policy
 
 

@@ -25,7 +25,8 @@ from onnx import numpy_helper
 
 from mbmpo_core import bundle as pb
 from mbmpo_core import onnx_runtime as rt
-from mbmpo_core.config import Config, PolicyConfig, save_config
+from mbmpo_core.config import Config, EnsembleConfig, PolicyConfig, save_config
+from mbmpo_core.ensemble import DynamicsEnsemble
 from mbmpo_core.export import (
     adapt_file_name,
     export_bundle,
@@ -420,6 +421,29 @@ def test_export_from_checkpoint(tmp_path: Path) -> None:
     _assert_close(loaded.act(obs), policy(torch.from_numpy(obs)).detach().numpy(), "checkpoint actions")
     # A checkpoint file and a task object work too.
     assert export_from_checkpoint(tmp_path / "checkpoints" / "checkpoint.pt", tmp_path / "p2.onnx", _task()) == pid
+
+
+def test_export_from_checkpoint_ships_the_ensemble(tmp_path: Path) -> None:
+    """The checkpoint's ensemble (sizes from its weights, ignored obs from its normaliser) becomes the dynamics
+    graph, predicting as the torch ensemble does; ``with_dynamics=False`` leaves it out."""
+    torch.manual_seed(0)
+    ensemble = DynamicsEnsemble(OBS_DIM, ACT_DIM, num_models=2, hidden_sizes=(10, 6), activation="swish",
+                                ignored_obs=(1,))
+    rng = np.random.default_rng(0)
+    obs, act = rng.normal(2.0, 3.0, (64, OBS_DIM)), rng.uniform(-1, 1, (64, ACT_DIM))
+    ensemble.fit(obs, act, obs + 0.1 * rng.normal(size=obs.shape), epochs=1)
+    save_config(Config(task="Toy-v0", policy=PolicyConfig(hidden_sizes=HIDDEN),
+                       ensemble=EnsembleConfig(activation="swish")), tmp_path / "config.yaml")
+    (tmp_path / "checkpoints").mkdir()
+    torch.save({"policy": _policy(trained=True).state_dict(), "ensemble": ensemble.state_dict(), "iteration": 2},
+               tmp_path / "checkpoints" / "checkpoint.pt")
+    export_from_checkpoint(tmp_path, tmp_path / "out" / "policy.onnx", _task())
+    loaded = rt.validate_bundle(pb.PolicyBundle.from_file(tmp_path / "out" / "policy.onnx"))
+    assert loaded.dynamics is not None and loaded.metadata["dynamics_file"] == "policy.dynamics.onnx"
+    _assert_close(loaded.dynamics.predict(obs[:8], act[:8]), ensemble.predict_all(obs[:8], act[:8]).numpy(),
+                  "checkpoint ensemble")
+    export_from_checkpoint(tmp_path, tmp_path / "bare" / "policy.onnx", _task(), with_dynamics=False)
+    assert sorted(p.name for p in (tmp_path / "bare").iterdir()) == ["policy.adapt.onnx", "policy.onnx"]
 
 
 

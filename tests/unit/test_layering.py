@@ -21,8 +21,11 @@ ROOT = Path(__file__).resolve().parents[2]
 HAS_RCLPY = importlib.util.find_spec("rclpy") is not None
 NO_RCLPY = "needs the ROS 2 wheels (pip install -e '.[ros]')"
 
-# What runs on the robot: policy load and inference, online adaptation, safety chain, wire codec, task lookup.
-CONTROLLER_PATH = ["mbmpo_core.onnx_runtime", "mbmpo_core.registry", "mbmpo_ros.adaptation", "mbmpo_ros.safety",
+# What runs on the robot: policy load and inference, online adaptation, safety chain, wire codec, task lookup,
+# and the model on the robot (ONNX ensemble, identification, imagination).
+TORCH_FREE_CORE = ["mbmpo_core.onnx_session", "mbmpo_core.onnx_runtime", "mbmpo_core.onnx_dynamics",
+                   "mbmpo_core.identification", "mbmpo_core.onnx_imagination"]
+CONTROLLER_PATH = [*TORCH_FREE_CORE, "mbmpo_core.registry", "mbmpo_ros.adaptation", "mbmpo_ros.safety",
                    "mbmpo_ros.codec", "mbmpo_ros.outbox"]
 ROS = {"rclpy", "rcl_interfaces", "rosidl_runtime_py", "std_msgs", "sensor_msgs", "diagnostic_msgs", "std_srvs",
        "launch", "launch_ros", "mbmpo_ros"}
@@ -79,6 +82,12 @@ def test_the_checks_can_fail() -> None:
 # ------------------------------------------------------------------------------------------ controller path
 def test_controller_path_never_loads_torch() -> None:
     assert offenders(CONTROLLER_PATH, {"torch"}) == {}
+
+
+@pytest.mark.parametrize("module", TORCH_FREE_CORE)
+def test_torch_free_core_source_imports_no_torch(module: str) -> None:
+    """Also no lazy import inside a function (the import check above would not see one that never ran)."""
+    assert "torch" not in imported_roots(ROOT / (module.replace(".", "/") + ".py"))
 
 
 @pytest.mark.skipif(not HAS_RCLPY, reason=NO_RCLPY)
