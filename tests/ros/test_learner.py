@@ -174,11 +174,13 @@ def test_policy_is_published_latched_and_valid_then_resume_keeps_everything(ros_
         bundle = decode_policy(got[-1])
         policy_id = bundle.policy_id
         assert policy_id == learner.last_policy_id
-        assert list(bundle.files) == ["policy.onnx", "policy.adapt.onnx"]  # the inner-step graph travels too
+        # The inner-step graph and the dynamics ensemble travel too.
+        assert list(bundle.files) == ["policy.onnx", "policy.adapt.onnx", "policy.dynamics.onnx"]
         for name, data in bundle.files.items():
             (tmp_path / name).write_bytes(data)
         meta = validate_policy_file(tmp_path / "policy.onnx", expected_task=TASK)
         assert meta["policy_id"] == policy_id and meta["adapt_file"] == "policy.adapt.onnx"
+        assert meta["dynamics_file"] == "policy.dynamics.onnx"
     finally:
         drop_learner(ros_graph, learner)
     # Kill/restart: a new learner on the same run directory keeps every transition and appends new ones.
