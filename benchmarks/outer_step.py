@@ -8,12 +8,18 @@ the same numbers:
 
     python benchmarks/outer_step.py                        # this checkout: every variant
     python benchmarks/outer_step.py --src /path/to/other   # another checkout (A/B), the variants it has
+    python benchmarks/outer_step.py --inner-kl-target 0.01 # at the alpha whose true inner KL is 0.01
+
+``--inner-kl-target``: alpha is set (3 significant digits) so that the true inner KL of the batch's pre-update
+rollouts, mean over tasks of KL(pi_theta || pi_theta'_m), meets the target (bisection in log alpha; the
+pre-update rollouts do not depend on alpha), which is where ``meta.inner_kl_target`` would hold it.
 
 Variants: ``kl_hessian`` exact / first_order, each on all rollouts and with ``hvp_subsample``. Per
 variant: median wall and CPU seconds of ``MetaOptimizer.outer_step`` (one thread unless ``--threads``;
 CPU seconds are the steadier figure on a shared machine), surrogate
 gain and KL of the accepted step, and (where the checkout has ``natural_direction``) the cosine of its
-CG direction with the exact full-batch one. Appends rows to benchmarks/results/outer_step.csv.
+CG direction with the exact full-batch one, and the true inner KL at alpha. Appends rows to
+benchmarks/results/outer_step.csv.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import argparse
 import copy
 import csv
 import datetime as dt
+import math
 import platform
 import statistics
 import subprocess
@@ -38,7 +45,7 @@ CACHE = HERE / "results" / "cache"
 CSV_PATH = HERE / "results" / "outer_step.csv"
 CSV_FIELDS = [
     "timestamp", "commit", "machine", "threads", "variant", "alpha", "tasks", "rollouts", "horizon", "seconds",
-    "cpu_seconds", "surrogate_gain", "kl", "cos_exact",
+    "cpu_seconds", "surrogate_gain", "kl", "cos_exact", "inner_kl",
 ]
 VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("exact", {"kl_hessian": "exact"}),
@@ -95,6 +102,29 @@ def build_batch(args: argparse.Namespace) -> dict[str, Any]:
     return blob
 
 
+def inner_kl_at(blob: dict[str, Any], alpha: float) -> float:
+    """True inner KL of the cached pre-update rollouts at step size ``alpha`` (this checkout's mbmpo_core)."""
+    from mbmpo_core.meta import MetaOptimizer, RolloutBatch, inner_step
+    from mbmpo_core.policy import GaussianMLPPolicy
+
+    policy = GaussianMLPPolicy(blob["obs_dim"], blob["act_dim"])
+    policy.load_state_dict(blob["policy"])
+    pre = RolloutBatch(**blob["pre"])
+    meta = MetaOptimizer(policy, inner_lr=alpha)
+    with torch.no_grad():
+        pre = meta._with_pre_dist(pre)
+        kl = meta.kl(inner_step(policy, policy.params(), pre, alpha), pre)
+    return float(kl.mean())
+
+
+def alpha_for_inner_kl(blob: dict[str, Any], target: float, low: float = 1e-5, high: float = 10.0) -> float:
+    """The alpha (3 significant digits) whose true inner KL on ``blob``'s pre-update rollouts is ``target``."""
+    for _ in range(40):  # bisection in log alpha: the KL grows with alpha
+        mid = math.sqrt(low * high)
+        low, high = (mid, high) if inner_kl_at(blob, mid) < target else (low, mid)
+    return float(f"{math.sqrt(low * high):.3g}")
+
+
 def run_variant(blob: dict[str, Any], kwargs: dict[str, Any], args: argparse.Namespace,
                 reference: torch.Tensor | None) -> dict[str, float] | None:
     from mbmpo_core.meta import MetaOptimizer, RolloutBatch
@@ -136,10 +166,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--alpha", type=float, default=1e-3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--inner-kl-target", type=float, default=0.0,
+                        help="> 0: set alpha so the pre-update rollouts' true inner KL meets this (overrides --alpha)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(HERE.parent))
     blob = build_batch(args)  # built with this checkout, so both sides of an A/B see the same batch
+    if args.inner_kl_target > 0:
+        before = args.alpha
+        args.alpha = alpha_for_inner_kl(blob, args.inner_kl_target)
+        print(f"inner KL {inner_kl_at(blob, before):.3g} at alpha {before:g}; target {args.inner_kl_target:g} "
+              f"-> alpha {args.alpha:g}")
+        blob = build_batch(args)
+    inner_kl = inner_kl_at(blob, args.alpha)
+    print(f"alpha {args.alpha:g}: true inner KL {inner_kl:.4g}")
     for name in [m for m in sys.modules if m == "mbmpo_core" or m.startswith("mbmpo_core.")]:
         del sys.modules[name]
     sys.path.insert(0, str(args.src.resolve()))
@@ -164,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         print(f"{name}: {row['seconds']:.3f} s ({row['cpu_seconds']:.3f} s CPU), "
               f"surrogate gain {row['surrogate_gain']:.5f}, kl {row['kl']:.5f}, cos with exact {row['cos_exact']:.5f}")
-        write_row({"variant": name, "commit": commit, **row}, args)
+        write_row({"variant": name, "commit": commit, **row, "inner_kl": inner_kl}, args)
 
 
 def write_row(row: dict[str, Any], args: argparse.Namespace) -> None:
@@ -172,6 +212,15 @@ def write_row(row: dict[str, Any], args: argparse.Namespace) -> None:
             "machine": f"{platform.node()} {platform.machine()}", "threads": torch.get_num_threads(),
             "alpha": args.alpha, "tasks": args.tasks, "rollouts": args.rollouts, "horizon": args.horizon, **row}
     CSV_PATH.parent.mkdir(parents=True, exist_ok=True)
+    if CSV_PATH.exists():  # a file from before a column was added gets the new header (old rows: empty there)
+        with CSV_PATH.open(newline="") as f:
+            reader = csv.DictReader(f)
+            old = list(reader) if reader.fieldnames != CSV_FIELDS else None
+        if old is not None:
+            with CSV_PATH.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+                writer.writeheader()
+                writer.writerows(old)
     new = not CSV_PATH.exists()
     with CSV_PATH.open("a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
