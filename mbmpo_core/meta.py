@@ -15,7 +15,9 @@ Choices (see the docstrings for details):
   through the inner step. At ``theta_old`` the KL gradient w.r.t. ``theta'`` is zero, so the
   exact Hessian equals the Gauss-Newton form ``J^T F J`` (``J = d theta'/d theta``, ``F`` the
   Fisher of the adapted policies) - always PSD, so CG is well posed. ``"first_order"`` uses
-  ``J = I`` (cheaper: no third-order graph); good when ``alpha`` is small (paper: 1e-3).
+  ``J = I`` (cheaper: no third-order graph); good when ``alpha`` is small (paper: 1e-3), not at the
+  step sizes an inner KL target gives early in training (HalfCheetah, fresh policy, target 0.01 / 0.02:
+  alpha 0.73 / 1.02, CG direction cos with exact 0.72 / 0.67; exact on a 0.2 subsample 0.97 / 0.94).
 * Hessian-vector products on a subsample (``hvp_subsample``, default 1 = all): the KL Hessian
   that CG inverts is estimated on an evenly spaced share of every rollout's time steps
   (pre-update ones for ``J``, post-update ones for ``F``), as TRPO implementations do; the
