@@ -53,7 +53,8 @@ def _policy(log_std: float) -> GaussianMLPPolicy:
     torch.manual_seed(3)
     policy = GaussianMLPPolicy(OBS_DIM, ACT_DIM, (16,))
     with torch.no_grad():
-        policy.params()["out.weight"].mul_(5.0)  # means well outside [-0.3, 0.3] for many states
+        policy.params()["out.weight"].mul_(50.0)
+        policy.params()["out.bias"].fill_(0.25)  # means on both sides of the bound 0.3
         policy.params()["log_std"].fill_(log_std)
     policy.set_obs_normalizer(torch.full((OBS_DIM,), 2.0), torch.full((OBS_DIM,), 1.0 / 3.0))
     return policy
