@@ -7,7 +7,7 @@ its ``physics`` column), and fitted by :meth:`MetaLearner.improve` (meta_steps 0
 
 * ``nominal``: ``--config`` without its ``randomize`` section and with ``member_emphasis`` 1 (today's run);
 * ``dr``: the randomisation, every member fitting all data alike (``member_emphasis`` 1);
-* ``dr_emphasis``: ``--config`` as it is (randomisation and its ``member_emphasis``).
+* ``dr_emphasis_<w>``: the randomisation with ``member_emphasis`` w (``--emphasis``; default the config's).
 
 Measured per arm:
 
@@ -71,12 +71,23 @@ FIELDS = ["timestamp", "commit", "machine", "threads", "arm", "transitions", "me
           "measure", "physics", "value", "n"]
 
 
-def arms(config: Config) -> dict[str, Config]:
-    """The three arms of the module docstring."""
+def arms(config: Config, emphases: list[float]) -> dict[str, Config]:
+    """The arms of the module docstring (one ``dr_emphasis_<w>`` per member emphasis w)."""
     plain = replace(config.ensemble, member_emphasis=1.0)
-    return {"nominal": replace(config, randomize=RandomizeConfig(), ensemble=plain),
-            "dr": replace(config, ensemble=plain),
-            "dr_emphasis": config}
+    out = {"nominal": replace(config, randomize=RandomizeConfig(), ensemble=plain),
+           "dr": replace(config, ensemble=plain)}
+    for w in emphases:
+        out[f"dr_emphasis_{w:g}"] = replace(config, ensemble=replace(config.ensemble, member_emphasis=w))
+    return out
+
+
+def describe(config: Config) -> str:
+    """The arm's randomisation in one CSV cell."""
+    ranges = config.randomize.ranges()
+    if not ranges:
+        return "off"
+    return " ".join(f"{k}={v[0]:g}..{v[1]:g}" for k, v in ranges.items()) + (
+        " per_object" if config.randomize.per_object else " whole_robot")
 
 
 def collect(config: Config, task: TaskSpec, steps: int) -> dict[str, np.ndarray]:
@@ -169,12 +180,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test-steps", type=int, default=1000, help="held-out transitions per test physics")
     parser.add_argument("--tasks-per-member", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2, help="imagined batches for the gradient cosines")
+    parser.add_argument("--emphasis", type=float, nargs="+", default=None,
+                        help="member_emphasis values of the randomised arms (default: the config's)")
     parser.add_argument("--policy", default=None, help="checkpoint whose policy the gradients are taken at")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     base = load_config(args.config)
-    if not base.randomize.perturbation():
+    if not base.randomize.ranges():
         parser.error(f"{args.config} has no randomize section: nothing to compare")
     k = base.ensemble.num_models
     base = replace(base, meta=replace(base.meta, meta_steps=0, meta_batch_size=k * args.tasks_per_member))
@@ -186,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
                  "machine": platform.node(), "threads": torch.get_num_threads(), "transitions": steps}
     policy_state = None
     rows = []
-    for arm, config in arms(base).items():
+    for arm, config in arms(base, args.emphasis or [base.ensemble.member_emphasis]).items():
         t = time.perf_counter()
         data = collect(config, task, steps)
         learner = MetaLearner(config, task)
@@ -195,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
         learner.policy.load_state_dict(policy_state)
         arm_rows = spread_rows(learner, tests) + gradient_rows(learner, data, args.repeats)
         info = {**meta_info, "arm": arm, "member_emphasis": config.ensemble.member_emphasis,
-                "randomize": str(config.randomize.perturbation() or "off")}
+                "randomize": describe(config)}
         rows += [{**info, **row} for row in arm_rows]
         print(f"{arm}: fit {int(report.fit.epochs.max())} epochs, {time.perf_counter() - t:.0f} s", flush=True)
         for row in arm_rows:

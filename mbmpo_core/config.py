@@ -98,19 +98,23 @@ class LoopConfig:
 
 @dataclass(frozen=True)
 class RandomizeConfig:
-    """Domain randomisation of the simulated training loop's collection envs (``sim/perturb.py``'s ``*_range``
-    keys: one uniform factor per body / dof / geom / actuator, drawn from ``[lo, hi]``; empty = that key off).
-    Physics draw d, seeded by (seed, d), is fixed for the run; collection env m uses draw
-    m % ensemble.num_models. Evaluation envs stay nominal."""
+    """Domain randomisation of the simulated training loop's collection envs: each ``*_range`` (``[lo, hi]``;
+    empty = that key off) scales the masses / joint damping / friction / actuator gears (``sim/perturb.py``) by a
+    factor drawn uniformly from it: one factor for the whole robot per physics draw (like the evaluation
+    perturbations), or with ``per_object`` one per body / dof / geom / actuator. Physics draw d, seeded by
+    (seed, d), is fixed for the run; collection env m uses draw m % ensemble.num_models. Evaluation envs stay
+    nominal."""
 
     mass_scale_range: tuple[float, ...] = ()
     damping_scale_range: tuple[float, ...] = ()
     friction_scale_range: tuple[float, ...] = ()
     gear_scale_range: tuple[float, ...] = ()
+    per_object: bool = False
 
-    def perturbation(self) -> dict[str, list[float]]:
-        """The set ranges as a perturbation dict (``{}``: randomisation off)."""
-        return {f.name: list(getattr(self, f.name)) for f in dataclasses.fields(self) if getattr(self, f.name)}
+    def ranges(self) -> dict[str, list[float]]:
+        """The set ``*_range`` keys and their ``[lo, hi]`` (``{}``: randomisation off)."""
+        return {f.name: list(getattr(self, f.name)) for f in dataclasses.fields(self)
+                if f.name.endswith("_range") and getattr(self, f.name)}
 
 
 @dataclass(frozen=True)

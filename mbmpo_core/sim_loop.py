@@ -168,7 +168,8 @@ class SimTrainingLoop:
                       "factors": physics_factors(envs[d], nominal)} for d, draw in enumerate(self.draws)]
         finally:
             nominal.close()
-        head = json.dumps({"randomize": self.config.randomize.perturbation(), "evaluation": "nominal"})[:-1]
+        head = json.dumps({"randomize": self.config.randomize.ranges(), "per_object": self.config.randomize.per_object,
+                           "evaluation": "nominal"})[:-1]
         lines = ",\n  ".join(json.dumps(draw) for draw in draws)  # one line per draw
         (self.run_dir / PHYSICS_NAME).write_text(f"{head},\n \"draws\": [\n  {lines}\n ]}}\n")
 
@@ -287,14 +288,20 @@ class SimTrainingLoop:
 
 
 def physics_draws(config: Config) -> list[dict[str, Any]]:
-    """The run's K = ``ensemble.num_models`` physics draws as perturbation dicts (``config.randomize``'s ranges and
-    a ``draw_seed`` derived from ``config.seed`` and the draw's index: the same in a resumed run); [] when
-    randomisation is off."""
-    ranges = config.randomize.perturbation()
-    if not ranges:
-        return []
-    return [{**ranges, "draw_seed": int(np.random.default_rng([config.seed % 2**32, 0x9D1C5, d]).integers(2**31))}
-            for d in range(config.ensemble.num_models)]
+    """The run's K = ``ensemble.num_models`` physics draws as perturbation dicts (``task.make_env(perturbation=)``),
+    [] when randomisation is off. Draw d is a function of ``config.seed`` and d (a resumed run rebuilds it): one
+    factor per ``*_range`` key (``{"mass_scale": 0.73, ...}``), or with ``randomize.per_object`` the ranges and a
+    ``draw_seed`` for ``sim/perturb.py``'s per-object draws."""
+    ranges = config.randomize.ranges()
+    draws: list[dict[str, Any]] = []
+    for d in range(config.ensemble.num_models):
+        rng = np.random.default_rng([config.seed % 2**32, 0x9D1C5, d])
+        if config.randomize.per_object:
+            draws.append({**ranges, "draw_seed": int(rng.integers(2**31))})
+        else:
+            draws.append({key.removesuffix("_range"): round(float(rng.uniform(lo, hi)), 4)
+                          for key, (lo, hi) in ranges.items()})
+    return draws if ranges else []
 
 
 # A MuJoCo model's fields the *_range perturbations scale (first column of the 2-D ones), by the name a reader knows.

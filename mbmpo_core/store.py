@@ -398,6 +398,23 @@ def reconcile(coverage: Mapping[str, Any], store: TransitionStore) -> StoreAccou
     return StoreAccount(held=len(store), lost=max(0, covered - still_there), newer=len(store) - still_there)
 
 
+def robot_groups(data: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Physics groups ``[N]`` int64 for :meth:`DynamicsEnsemble.fit`: the stored ``physics`` column where a row has
+    a draw, else the index of the row's ``robot`` in order of first appearance (many robots feeding one learner are
+    many physics); -1 for rows of no robot (``""``)."""
+    physics = np.asarray(data["physics"], dtype=np.int64)
+    robots = np.asarray(data["robot"])
+    if np.any(physics >= 0):
+        return physics
+    named = robots != ""
+    names, first, inverse = np.unique(robots[named], return_index=True, return_inverse=True)
+    rank = np.empty(len(names), dtype=np.int64)
+    rank[np.argsort(first)] = np.arange(len(names))  # robots numbered by their first row
+    groups = np.full(len(robots), -1, dtype=np.int64)
+    groups[named] = rank[inverse.reshape(-1)]
+    return groups
+
+
 def fifo_tail(arrays: Mapping[str, np.ndarray], capacity: int) -> dict[str, np.ndarray]:
     """Keep the newest ``capacity`` rows of every ``[N, ...]`` array (the paper's 1e5-transition FIFO).
 

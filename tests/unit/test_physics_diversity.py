@@ -27,7 +27,7 @@ from mbmpo_core.ensemble import DynamicsEnsemble
 from mbmpo_core.meta_learner import MetaLearner
 from mbmpo_core.registry import make_task
 from mbmpo_core.sim_loop import PHYSICS_NAME, SimTrainingLoop, physics_draws
-from mbmpo_core.store import TransitionStore
+from mbmpo_core.store import TransitionStore, robot_groups
 from sim import apply_perturbation
 
 RANDOMIZED = Config(
@@ -173,14 +173,26 @@ def test_sim_loop_records_each_rows_physics_draw(tmp_path: Path) -> None:
     assert 0.5 <= min(first["factors"]["mass"][1:]) and max(first["factors"]["mass"][1:]) <= 2.0
 
 
+def test_whole_robot_or_per_object_draws(tmp_path: Path) -> None:
+    draws = physics_draws(RANDOMIZED)
+    assert len(draws) == 2 and set(draws[0]) == {"mass_scale", "damping_scale"}
+    assert all(0.5 <= d["mass_scale"] <= 2.0 and 0.5 <= d["damping_scale"] <= 2.0 for d in draws)
+    per_object = replace(RANDOMIZED, randomize=replace(RANDOMIZED.randomize, per_object=True))
+    loop = make_loop(tmp_path, per_object)
+    nominal = body_mass(loop.task.make_env(seed=0))
+    factors = body_mass(loop.sampler.envs[0])[1:] / nominal[1:]
+    assert factors.std() > 0.05 and 0.5 <= factors.min() and factors.max() <= 2.0  # one factor per body
+    whole = body_mass(make_loop(tmp_path / "whole").sampler.envs[0])[1:] / nominal[1:]
+    assert whole == pytest.approx(np.full_like(whole, draws[0]["mass_scale"]))  # one factor for the robot
+
+
 def test_a_resumed_loop_rebuilds_the_same_physics(tmp_path: Path) -> None:
     loop = make_loop(tmp_path)
     again = make_loop(tmp_path)
     for a, b in zip(loop.sampler.envs, again.sampler.envs, strict=True):
         assert np.array_equal(body_mass(a), body_mass(b))
     assert physics_draws(RANDOMIZED) == physics_draws(RANDOMIZED)
-    other_seed = physics_draws(replace(RANDOMIZED, seed=1))
-    assert [d["draw_seed"] for d in other_seed] != [d["draw_seed"] for d in physics_draws(RANDOMIZED)]
+    assert physics_draws(replace(RANDOMIZED, seed=1)) != physics_draws(RANDOMIZED)
 
 
 def test_randomisation_off_stores_no_draw(tmp_path: Path) -> None:
@@ -205,7 +217,7 @@ def test_draw_seed_rebuilds_a_draw_in_envs_of_any_seed() -> None:
 # ---------------------------------------------------------------------- config
 def test_defaults_keep_todays_behaviour() -> None:
     c = Config()
-    assert c.ensemble.member_emphasis == 1.0 and c.randomize.perturbation() == {}
+    assert c.ensemble.member_emphasis == 1.0 and c.randomize.ranges() == {}
 
 
 def test_randomize_section_loads(tmp_path: Path) -> None:
@@ -213,7 +225,7 @@ def test_randomize_section_loads(tmp_path: Path) -> None:
     path.write_text("randomize: {mass_scale_range: [0.5, 1.5], gear_scale_range: [0.3, 1]}\n"
                     "ensemble: {member_emphasis: 3}\n")
     c = load_config(path)
-    assert c.randomize.perturbation() == {"mass_scale_range": [0.5, 1.5], "gear_scale_range": [0.3, 1.0]}
+    assert c.randomize.ranges() == {"mass_scale_range": [0.5, 1.5], "gear_scale_range": [0.3, 1.0]}
     assert c.ensemble.member_emphasis == 3.0
 
 
@@ -233,3 +245,12 @@ def test_bad_randomisation_is_one_line(tmp_path: Path, text: str, key: str) -> N
     with pytest.raises(ConfigError, match=f"'{key}'") as err:
         load_config(path)
     assert "\n" not in str(err.value)
+
+
+# ------------------------------------------------------------------ many robots
+def test_rows_of_each_robot_form_a_group() -> None:
+    robots = np.array(["b", "b", "a", "", "c", "a"])
+    assert robot_groups({"physics": np.full(6, -1), "robot": robots}).tolist() == [0, 0, 1, -1, 2, 1]
+    # Rows that say their physics draw (a randomised simulated run) keep it.
+    assert robot_groups({"physics": np.array([0, 1, -1]), "robot": robots[:3]}).tolist() == [0, 1, -1]
+    assert robot_groups({"physics": np.zeros(0, dtype=int), "robot": np.zeros(0, dtype=str)}).tolist() == []
