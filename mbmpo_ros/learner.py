@@ -63,7 +63,7 @@ from mbmpo_core.export import export_bundle
 from mbmpo_core.meta_learner import ImproveProgress, MetaLearner
 from mbmpo_core.registry import make_task
 from mbmpo_core.report import ProgressLog
-from mbmpo_core.store import TransitionStore, reconcile
+from mbmpo_core.store import TransitionStore, reconcile, robot_groups
 from mbmpo_core.task import TaskSpec
 from mbmpo_ros.codec import CodecError, encode_ack, encode_policy, new_session_id
 from mbmpo_ros.ingest import Ingest, IngestResult
@@ -329,6 +329,7 @@ class Learner(Node):
         """Train on a snapshot of the store, checkpoint, export and publish the policy; returns the progress row
         (None: shutdown began during the iteration, whose results are dropped; the last checkpoint stands)."""
         data, coverage = self.ingest.covered_snapshot()  # frozen: batches that arrive meanwhile wait for the next
+        data["physics"] = robot_groups(data)  # many robots, many physics: ensemble.member_emphasis weighs them
         stored = len(data["obs"])
         status = self.status.update(state=f"training iteration {self.meta_learner.iteration}")
         returns = self.ingest.take_returns(status.policy_id)
