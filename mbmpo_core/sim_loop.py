@@ -289,19 +289,20 @@ class SimTrainingLoop:
 
 def physics_draws(config: Config) -> list[dict[str, Any]]:
     """The run's K = ``ensemble.num_models`` physics draws as perturbation dicts (``task.make_env(perturbation=)``),
-    [] when randomisation is off. Draw d is a function of ``config.seed`` and d (a resumed run rebuilds it): one
-    factor per ``*_range`` key (``{"mass_scale": 0.73, ...}``), or with ``randomize.per_object`` the ranges and a
-    ``draw_seed`` for ``sim/perturb.py``'s per-object draws."""
-    ranges = config.randomize.ranges()
-    draws: list[dict[str, Any]] = []
-    for d in range(config.ensemble.num_models):
-        rng = np.random.default_rng([config.seed % 2**32, 0x9D1C5, d])
-        if config.randomize.per_object:
-            draws.append({**ranges, "draw_seed": int(rng.integers(2**31))})
-        else:
-            draws.append({key.removesuffix("_range"): round(float(rng.uniform(lo, hi)), 4)
-                          for key, (lo, hi) in ranges.items()})
-    return draws if ranges else []
+    [] when randomisation is off. The draws are a function of ``config.seed`` and K (a resumed run rebuilds them):
+    one factor per ``*_range`` key (``{"mass_scale": 0.73, ...}``), or with ``randomize.per_object`` the ranges and
+    a ``draw_seed`` for ``sim/perturb.py``'s per-object draws."""
+    ranges, k = config.randomize.ranges(), config.ensemble.num_models
+    if not ranges:
+        return []
+    rng = np.random.default_rng([config.seed % 2**32, 0x9D1C5])
+    if config.randomize.per_object:
+        return [{**ranges, "draw_seed": int(seed)} for seed in rng.integers(2**31, size=k)]
+    # Latin hypercube: each key's K factors fall one in each of K equal slices of its range, in an order of their
+    # own, so that even 5 draws span every range (independent uniform draws can all miss one end of it).
+    factors = {key.removesuffix("_range"): lo + (hi - lo) * (rng.permutation(k) + rng.uniform(size=k)) / k
+               for key, (lo, hi) in ranges.items()}
+    return [{key: round(float(values[d]), 4) for key, values in factors.items()} for d in range(k)]
 
 
 # A MuJoCo model's fields the *_range perturbations scale (first column of the 2-D ones), by the name a reader knows.

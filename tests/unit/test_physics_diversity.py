@@ -176,7 +176,13 @@ def test_sim_loop_records_each_rows_physics_draw(tmp_path: Path) -> None:
 def test_whole_robot_or_per_object_draws(tmp_path: Path) -> None:
     draws = physics_draws(RANDOMIZED)
     assert len(draws) == 2 and set(draws[0]) == {"mass_scale", "damping_scale"}
-    assert all(0.5 <= d["mass_scale"] <= 2.0 and 0.5 <= d["damping_scale"] <= 2.0 for d in draws)
+    # Each range is cut into K = 2 halves, and the K draws take one factor in each (Latin hypercube).
+    for key in ("mass_scale", "damping_scale"):
+        assert sorted(d[key] < 1.25 for d in draws) == [False, True]
+        assert all(0.5 <= d[key] <= 2.0 for d in draws)
+    five = physics_draws(replace(RANDOMIZED, ensemble=replace(RANDOMIZED.ensemble, num_models=5)))
+    slices = sorted(int((d["mass_scale"] - 0.5) / 0.3) for d in five)
+    assert slices == [0, 1, 2, 3, 4]
     per_object = replace(RANDOMIZED, randomize=replace(RANDOMIZED.randomize, per_object=True))
     loop = make_loop(tmp_path, per_object)
     nominal = body_mass(loop.task.make_env(seed=0))
