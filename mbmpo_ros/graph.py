@@ -7,11 +7,14 @@
 Training: one learner, then per robot namespace ``<prefix><i>`` a controller and, in sim mode, a sim_robot. Every
 node runs the task of the learner's config (a controller on another task would reject every policy), checked
 through :mod:`mbmpo_core.registry` before any node starts; the controllers' episodes have the config's horizon.
+In sim mode the controllers log their online adaptation (``log_dir``) to the learner's run directory, which the
+graph names when none is given (as the learner would: ``runs/learner-<task>-s<seed>-<time>``).
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,6 +149,14 @@ def resolve_task(task: str) -> str:
     return name
 
 
+def new_run_dir(config_dir: Path, config: str, task: str, seed: int) -> Path:
+    """The run directory a learner without one would create (``runs/learner-<task>-s<seed>-<time>``, absolute;
+    a task file by its stem); ``seed`` -1 = the config's."""
+    cfg = load_config(config or default_config_file(config_dir), task=task, seed=seed if seed >= 0 else None)
+    name = Path(task).stem if is_task_file(task) else task
+    return (Path("runs") / f"learner-{name}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+
+
 def controller_node(config_dir: Path, namespace: str, **overrides: ParamValue) -> NodeDescription:
     """The controller of robot ``namespace`` with config/controller.yaml and ``overrides``."""
     return NodeDescription("controller", "controller", namespace, (config_dir / "controller.yaml",), overrides,
@@ -161,7 +172,8 @@ def train_graph(config_dir: Path, *, sim: bool = True, robots: int = 1, task: st
     config/); ``config`` (a bare name is one of ``config_dir``'s, see :func:`resolve_config`) and ``run_dir`` are
     made absolute (the nodes may run elsewhere); ``resume`` needs an existing ``run_dir``. The controllers keep
     their batches for the learner; until the first policy they run ``warmup_policy`` ('' = random actions on
-    simulated robots, the hold action on real ones: a real robot explores only when asked to).
+    simulated robots, the hold action on real ones: a real robot explores only when asked to). With ``sim`` the
+    controllers' ``log_dir`` is the learner's run directory (named here if ``run_dir`` is '').
     """
     if robots < 1:
         raise GraphError(f"the number of robots must be >= 1, got {robots}")
@@ -184,6 +196,8 @@ def train_graph(config_dir: Path, *, sim: bool = True, robots: int = 1, task: st
         learner["config"] = config
     if run_dir:
         learner["run_dir"] = str(Path(run_dir).resolve())
+    elif sim:  # the controllers log adaptation to the learner's run directory: name it for both
+        learner["run_dir"] = str(new_run_dir(config_dir, config, task_name, seed))
     if resume:
         learner["resume"] = True
     if seed >= 0:
@@ -193,8 +207,11 @@ def train_graph(config_dir: Path, *, sim: bool = True, robots: int = 1, task: st
     nodes = [NodeDescription("learner", "learner", "", (config_dir / "learner.yaml",), learner)]
     for i, ns in enumerate(namespaces):
         robot_seed = i if seed < 0 else 1000 * seed + i  # sim seeds 1000 apart: no shared reset states
-        nodes.append(controller_node(config_dir, ns, task=task_name, seed=robot_seed, horizon=horizon,
-                                     rate_hz=float(rate_hz), warmup_policy=warmup, learner=True))
+        controller: dict[str, ParamValue] = {"task": task_name, "seed": robot_seed, "horizon": horizon,
+                                             "rate_hz": float(rate_hz), "warmup_policy": warmup, "learner": True}
+        if sim:
+            controller["log_dir"] = learner["run_dir"]
+        nodes.append(controller_node(config_dir, ns, **controller))
         if sim:
             nodes.append(NodeDescription("sim_robot", "sim_robot", ns, (config_dir / "sim_robot.yaml",),
                                          {"task": task_name, "seed": robot_seed}))

@@ -141,6 +141,16 @@ CONTROLLER_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("adapt_steps_max", 3, "inner steps taken online per meta-policy", low=0),
     ParamSpec("revert_margin", 0.0, "back to the meta-policy if the adapted return < its return - this "
               "(absolute); < 0 = never"),
+    ParamSpec("adapt_mode", "model", "where the inner step's data comes from: model (identify the bundle's "
+              "dynamics ensemble on the real episodes, then step on imagined rollouts from their starts; a bundle "
+              "without dynamics falls back to direct, with one warning) or direct (step on the real episodes)",
+              choices=("model", "direct")),
+    ParamSpec("adapt_imagined_rollouts", 20, "model mode: imagined rollouts (of the policy's horizon) per inner "
+              "step", low=1, high=100000),
+    ParamSpec("adapt_ridge", 0.03, "model mode: ridge of the last-layer identification, relative to the "
+              "features' scale (larger: closer to the trained last layer)", low=1e-12, high=1e6),
+    ParamSpec("log_dir", "", "folder for adaptation.jsonl (one JSON line per adaptation step and batch); '' = no "
+              "log"),
     ParamSpec("policy_file", "", "policy to start with: a policy.onnx (its inner-step graph beside it) or a run "
               "directory, validated at start; '' = hold until one arrives on /mbmpo/policy"),
     ParamSpec("autostart", True, "configure and activate at start; false: wait for the lifecycle transitions "

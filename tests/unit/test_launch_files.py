@@ -82,13 +82,20 @@ def test_train_graph_nodes_and_overrides(tmp_path: Path) -> None:
                                        "config": str(config), "run_dir": str(Path("runs/x").resolve()),
                                        "exit_after_steps": 500}
     assert dict(controller.overrides) == {"task": "Hopper-v5", "seed": 1, "horizon": 77, "rate_hz": 50.0,
-                                          "warmup_policy": "random", "learner": True}
+                                          "warmup_policy": "random", "learner": True,
+                                          "log_dir": str(Path("runs/x").resolve())}  # adaptation.jsonl: the run's
     assert (sim.namespace, dict(sim.overrides)) == ("robot_1", {"task": "Hopper-v5", "seed": 1})
     assert [n.parameter_files for n in nodes[:3]] == [(CONFIG_DIR / "learner.yaml",),
                                                       (CONFIG_DIR / "controller.yaml",),
                                                       (CONFIG_DIR / "sim_robot.yaml",)]
     # Without sim: no sim_robot; without --task: the config's task; default config: default.yaml's.
     assert [n.executable for n in train_graph(CONFIG_DIR, sim=False, robots=1)] == ["learner", "controller"]
+    assert "log_dir" not in train_graph(CONFIG_DIR, sim=False)[1].overrides  # a real robot logs where it is told
+    # Sim without a run_dir: the graph names the learner's run directory, and the controllers log there.
+    learner, controller, _ = train_graph(CONFIG_DIR, sim=True, task="Hopper-v5", seed=4)
+    run_dir = Path(str(learner.overrides["run_dir"]))
+    assert run_dir.is_absolute() and run_dir.name.startswith("learner-Hopper-v5-s4-") and not run_dir.exists()
+    assert controller.overrides["log_dir"] == str(run_dir)
     assert train_graph(CONFIG_DIR, sim=False)[1].overrides["task"] == "HalfCheetah-v5"
 
 
