@@ -3,7 +3,7 @@
     python benchmarks/adaptation_graph.py --task HalfCheetah-v5 \\
         --policy MB-MPO=benchmarks/results/runs/HalfCheetah-v5-cpu_small-s0/policy.onnx \\
         --policy ME-TRPO=benchmarks/results/runs/HalfCheetah-v5-cpu_small_metrpo-s0/policy.onnx \\
-        --seeds 0 1 2 --adapt-episodes 4 --steps 3 \\
+        --seeds 0 1 2 --adapt-episodes 4 --steps 3 --adapt-modes model direct \\
         --out benchmarks/results/adaptation_graph_HalfCheetah-v5.csv \\
         --plot benchmarks/results/adaptation_graph_HalfCheetah-v5.png
 
@@ -27,6 +27,13 @@ by the parameters after k inner steps (the stochastic episodes the robot really 
 evaluations), and the tick intervals while an inner step runs and while none does. ME-TRPO policies
 (``inner_lr`` 0) carry an inner-step graph that returns theta unchanged: the same protocol measures them as the
 baseline.
+
+Adaptation modes (``--adapt-modes``, the controller's ``adapt_mode``): ``model`` identifies the bundle's dynamics
+ensemble on the real episodes and takes the step on ``--imagined-rollouts`` imagined rollouts from their starts;
+``direct`` takes it on the real episodes. With several modes every (policy, perturbation, seed) runs once per mode
+(same seeds: paired) and the variant is named ``<policy> [<mode>]``. Per run the CSV also holds the mode the
+controller used (``mode_used``: a bundle without dynamics falls back to direct), the held-out one-step error of
+the identified member before and after identification (mean over the steps) and the seconds per step.
 """
 
 from __future__ import annotations
@@ -70,6 +77,7 @@ def make_recording_controller(**kwargs: Any) -> Any:
             self.episodes: list[EpisodeRecord] = []
             self.ticks: list[float] = []  # monotonic start of every tick
             self.step_spans: list[tuple[float, float]] = []  # monotonic (start, end) of each inner step
+            self.results: list[Any] = []  # the AdaptResult of each inner step
             self._ep_meta: tuple[str, int] = ("", 0)
             self._ep_interrupted = False
             super().__init__(**kw)
@@ -86,7 +94,9 @@ def make_recording_controller(**kwargs: Any) -> Any:
                 def timed_run() -> Any:
                     t0 = time.monotonic()
                     try:
-                        return run()
+                        result = run()
+                        self.results.append(result)
+                        return result
                     finally:
                         self.step_spans.append((t0, time.monotonic()))
 
@@ -133,7 +143,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def run_case(args: argparse.Namespace, policy_id: str, horizon: int, namespace: str, pert: dict, seed: int,
-             driver: Any) -> tuple[list[EpisodeRecord], list[float], list[tuple[float, float]]]:
+             driver: Any, mode: str) -> tuple[list[EpisodeRecord], list[float], list[tuple[float, float]], list[Any]]:
     """One deployment: sim_robot + controller until the parameters of ``--steps`` inner steps ran a batch."""
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
@@ -142,7 +152,8 @@ def run_case(args: argparse.Namespace, policy_id: str, horizon: int, namespace: 
     robot = start_sim_robot(args.task, namespace, pert, SIM_SEED_STRIDE * seed)
     params = {"task": args.task, "horizon": horizon, "rate_hz": float(args.rate_hz), "seed": seed, "explore": True,
               "adapt": True, "adapt_episodes": args.adapt_episodes, "adapt_steps_max": args.steps,
-              "revert_margin": -1.0, "ramp_s": 0.0}
+              "revert_margin": -1.0, "ramp_s": 0.0, "adapt_mode": mode,
+              "adapt_imagined_rollouts": args.imagined_rollouts}
     ctrl = make_recording_controller(namespace=namespace, parameter_overrides=[Parameter(k, value=v)
                                                                                for k, v in params.items()])
     executor = SingleThreadedExecutor()
@@ -166,7 +177,21 @@ def run_case(args: argparse.Namespace, policy_id: str, horizon: int, namespace: 
         print(f"  sim_robot exited with code {robot.returncode}", flush=True)
     elif not done():
         print(f"  timed out after {args.timeout_s:.0f} s ({len(ctrl.episodes)} episodes)", flush=True)
-    return [e for e in ctrl.episodes if e.policy_id == policy_id], ctrl.ticks, ctrl.step_spans
+    return [e for e in ctrl.episodes if e.policy_id == policy_id], ctrl.ticks, ctrl.step_spans, ctrl.results
+
+
+def step_row(results: list[Any]) -> dict[str, Any]:
+    """The mode the controller used and, averaged over the run's inner steps, the identified member's held-out
+    one-step error before / after identification (NaN in direct mode) and the seconds per step."""
+    def mean(values: list[float]) -> float:
+        finite = [v for v in values if np.isfinite(v)]
+        return float(np.mean(finite)) if finite else float("nan")
+
+    modes = sorted({r.mode for r in results})
+    return {"mode_used": "+".join(modes) or "none",
+            "ident_error_before": mean([r.ident_errors[0] for r in results]),
+            "ident_error_after": mean([r.ident_errors[1] for r in results]),
+            "step_s": mean([r.job_s for r in results])}
 
 
 def case_row(episodes: list[EpisodeRecord], steps: int) -> dict[str, float]:
@@ -213,6 +238,9 @@ def main() -> None:
     ap.add_argument("--perturbations", nargs="+", default=list(PERTURBATIONS), choices=list(PERTURBATIONS))
     ap.add_argument("--adapt-episodes", type=int, default=4)
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--adapt-modes", nargs="+", default=["model"], choices=["model", "direct"],
+                    help="the controller's adapt_mode; several: each run once per mode (paired seeds)")
+    ap.add_argument("--imagined-rollouts", type=int, default=20, help="model mode: imagined rollouts per step")
     ap.add_argument("--rate-hz", type=float, default=500.0, help="controller rate (lockstep: sets the sim speed)")
     ap.add_argument("--timeout-s", type=float, default=300.0, help="per run")
     ap.add_argument("--domain-id", type=int, default=41)
@@ -249,18 +277,22 @@ def main() -> None:
         publisher.publish(encode_policy(bundle))
         for pname in args.perturbations:
             pert = PERTURBATIONS[pname]
-            for seed in args.seeds:
+            for seed, mode in ((s, m) for s in args.seeds for m in args.adapt_modes):
                 t0 = time.perf_counter()
                 namespace = f"adapt_bench_{run}"
-                episodes, case_ticks, case_spans = run_case(args, policy_id, horizon, namespace, pert, seed, driver)
+                episodes, case_ticks, case_spans, results = run_case(args, policy_id, horizon, namespace, pert, seed,
+                                                                     driver, mode)
                 run += 1
-                row = {"policy": name, "perturbation": pname, "seed": seed, **case_row(episodes, args.steps)}
+                variant = f"{name} [{mode}]" if len(args.adapt_modes) > 1 else name
+                row = {"policy": variant, "perturbation": pname, "seed": seed, "mode": mode,
+                       **case_row(episodes, args.steps), **step_row(results)}
                 rows.append(row)
                 intervals.append(tick_intervals(case_ticks, case_spans))
                 step_ms += [1e3 * (end - start) for start, end in case_spans]
-                print(f"{name:>10} {pname:>15} s{seed}: " + " ".join(
+                print(f"{variant:>10} {pname:>15} s{seed}: " + " ".join(
                     f"{k}={v:.1f}" for k, v in row.items() if k.startswith("return"))
-                      + f" ({row['episodes']:.0f} episodes, {time.perf_counter() - t0:.1f} s)", flush=True)
+                      + f" ({row['episodes']:.0f} episodes, {time.perf_counter() - t0:.1f} s; {row['mode_used']}, "
+                      f"ident error {row['ident_error_before']:.3g} -> {row['ident_error_after']:.3g})", flush=True)
         driver.destroy_publisher(publisher)
     driver.destroy_node()
     rclpy.try_shutdown()

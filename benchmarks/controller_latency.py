@@ -24,6 +24,16 @@ the phase through the whole period (some ticks then find no new state).
 Commands are matched to states by their action vector (sampled actions are unique). Exits 1 if a command that
 the controller published never arrived, or if no state produced a command.
 
+Adaptation jobs during the measurement (``--adapt-job-period-s P``): the policy bundle then carries a fresh
+dynamics ensemble of the CPU config's size (``--ensemble-models`` x ``--ensemble-hidden``, default 5 x 256x256),
+and a helper thread of the controller process hands the controller's adaptation worker one model-mode inner step
+every ``P`` seconds (the real :class:`mbmpo_ros.adaptation.AdaptJob` with the controller's own
+``ModelImagination``: identification on ``--adapt-episodes`` synthetic 200-step episodes, ``--imagined-rollouts``
+rollouts of the bundle's horizon 200, the ONNX inner step), exactly as the tick hands over a finished batch.
+Every metric is then also reported split by whether a job was running (``... | job`` / ``... | no job``: a tick,
+or a tick interval, that overlaps a job's span), plus the job's own seconds. Pin the two processes to one core
+each to measure "one core" (``taskset -c 0 python ...`` pins both: the job then competes with the tick's core).
+
 Rows are appended to benchmarks/results/controller_latency.csv.
 """
 
@@ -31,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import os
 import platform
@@ -38,6 +49,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -96,36 +108,103 @@ def run_controller(args: argparse.Namespace) -> int:
             acted = len(self.commands) > n and not self.commands[-1][3]
             self.ticks.append((t0, t1, int(acted)))
 
+    import mbmpo_ros.controller
+
+    if args.switch_interval_ms > 0:
+        sys.setswitchinterval(args.switch_interval_ms / 1e3)
+    if args.worker_niceness >= 0:
+        mbmpo_ros.controller.WORKER_NICENESS = args.worker_niceness
     rclpy.init()
     params = {"task": args.task, "rate_hz": float(args.rate_hz), "explore": True, "state_timeout_s": 0.5,
-              "horizon": 10**7, "seed": 0}
+              "horizon": 10**7, "seed": 0, "adapt_imagined_rollouts": args.imagined_rollouts}
     node = TimedController(parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
     executor = SingleThreadedExecutor()
     executor.add_node(node)
+    jobs: list[dict[str, float]] = []
+    stop = threading.Event()
+    if args.adapt_job_period_s > 0:
+        threading.Thread(target=feed_adaptation_jobs, args=(node, args, jobs, stop), daemon=True).start()
     Path(args.out + ".ready").write_text("1")
     try:
         while rclpy.ok() and not Path(args.stop).exists():
             executor.spin_once(timeout_sec=0.05)
     except KeyboardInterrupt:
         pass
+    stop.set()
     Path(args.out).write_text(json.dumps({"ticks": node.ticks, "commands": node.commands,
-                                          "holds": dict(node.hold_counts), "policy_id": node.policy_id}))
+                                          "holds": dict(node.hold_counts), "policy_id": node.policy_id,
+                                          "jobs": jobs}))
     executor.shutdown()
     node.destroy_node()
     rclpy.try_shutdown()
     return 0
 
 
+def synthetic_episodes(policy: Any, episodes: int, length: int, rng: np.random.Generator) -> list[Any]:
+    """``episodes`` complete episodes as the adapter records them: the driver's kind of states (0.1 N(0, 1)),
+    the policy's sampled actions, executed = clipped, rewards N(0, 1)."""
+    from mbmpo_ros.adaptation import Episode
+
+    low, high = (np.asarray(policy.metadata[k], np.float64) for k in ("action_low", "action_high"))
+    out = []
+    for _ in range(episodes):
+        obs = 0.1 * rng.standard_normal((length + 1, policy.obs_dim))
+        raw = policy.act(obs[:-1], deterministic=False, rng=rng).astype(np.float64)
+        out.append(Episode(0, obs=list(obs[:-1]), act=list(raw), rewards=list(rng.standard_normal(length)),
+                           executed=list(np.clip(raw, low, high)), last_obs=obs[-1]))
+    return out
+
+
+def feed_adaptation_jobs(node: Any, args: argparse.Namespace, jobs: list[dict[str, float]],
+                         stop: threading.Event) -> None:
+    """Controller process, helper thread: once the benchmarked policy runs, hand the controller's adaptation
+    worker one model-mode step every ``--adapt-job-period-s`` (see module docstring); record each job's span."""
+    from mbmpo_ros.adaptation import AdaptJob
+
+    while node.policy is None and not stop.is_set():
+        time.sleep(0.05)
+    policy = node.policy
+    imagination = node._imagination(policy) if policy is not None else None
+    if imagination is None:
+        print("controller: the policy carries no dynamics (or adaptation is off): no jobs", file=sys.stderr)
+        return
+    batch = synthetic_episodes(policy, args.adapt_episodes, 200, np.random.default_rng(1))
+    meta = policy.metadata
+    k = 0
+    while not stop.wait(args.adapt_job_period_s):
+        k += 1
+        job = AdaptJob(policy, None, batch, float(meta["gamma"]), float(meta["gae_lambda"]), generation=0,
+                       imagination=imagination, step=k)
+
+        def timed(job: AdaptJob = job) -> None:
+            t0 = time.monotonic_ns()
+            try:
+                result = job.run()
+            except Exception as exc:  # a benchmark that measures nothing must say why
+                print(f"controller: adaptation job failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+                return
+            jobs.append({"start": t0, "end": time.monotonic_ns(), "job_s": result.job_s,
+                         "identify_s": result.identify_s, "imagine_s": result.imagine_s,
+                         "update_s": result.update_s})
+
+        node._pool.submit(timed)  # the worker thread the tick hands its jobs to
+
+
 # ------------------------------------------------------------------------------------------ driver process
-def export_fresh_policy(task: Any) -> PolicyBundle:
+def export_fresh_policy(task: Any, ensemble_models: int = 0, ensemble_hidden: int = 256) -> PolicyBundle:
+    """A fresh (32, 32) policy; with ``ensemble_models`` > 0 also a fresh ensemble of that many
+    (``ensemble_hidden`` x 2) members in the bundle; horizon 200 (the CPU config's imagined horizon)."""
+    from mbmpo_core.ensemble import DynamicsEnsemble
     from mbmpo_core.export import export_bundle
     from mbmpo_core.policy import GaussianMLPPolicy
 
+    ensemble = (DynamicsEnsemble(task.obs_dim, task.act_dim, num_models=ensemble_models,
+                                 hidden_sizes=(ensemble_hidden, ensemble_hidden)) if ensemble_models > 0 else None)
     return export_bundle(
         GaussianMLPPolicy(task.obs_dim, task.act_dim, hidden_sizes=(32, 32)), task_name=task.name,
         obs_names=task.obs_names, act_names=task.act_names, joint_names=task.joint_names,
         action_low=task.action_low, action_high=task.action_high, control_rate_hz=1.0 / task.dt,
-        horizon=task.horizon, inner_lr=0.001, gamma=0.99, gae_lambda=1.0, iteration=0)
+        horizon=task.horizon, inner_lr=0.001, gamma=0.99, gae_lambda=1.0, iteration=0, ensemble=ensemble)
 
 
 def run_driver(args: argparse.Namespace) -> int:
@@ -140,7 +219,8 @@ def run_driver(args: argparse.Namespace) -> int:
     from sim import make_task
 
     task = make_task(args.task, horizon=200)
-    bundle = export_fresh_policy(task)
+    models = args.ensemble_models if args.adapt_job_period_s > 0 else 0
+    bundle = export_fresh_policy(task, models, args.ensemble_hidden)
     pid = bundle.policy_id
     rclpy.init()
     node = Node("bench_driver")
@@ -212,7 +292,9 @@ def analyse(ctrl: dict[str, Any], drv: dict[str, Any],
     acts = [c for c in ctrl["commands"] if not c[3]]
     if len(acted_ticks) != len(acts):
         raise RuntimeError(f"{len(acts)} policy commands but {len(acted_ticks)} acting ticks")
+    spans = [(j["start"], j["end"]) for j in ctrl.get("jobs", [])]
     e2e, wait, compute, transport, tick_to_cmd, lost = [], [], [], [], [], 0
+    busy_compute, busy_e2e = [], []  # whether the tick overlapped an adaptation job
     cmd_times = []
     for (t0, t1), (t_pub, data, stamp, _) in zip(acted_ticks, acts, strict=True):
         if stamp is None or tuple(stamp) not in state_t:
@@ -220,19 +302,23 @@ def analyse(ctrl: dict[str, Any], drv: dict[str, Any],
         t_state = state_t[tuple(stamp)]
         t_recv = recv_t.get(tuple(data))
         compute.append(t1 - t0)
+        busy_compute.append(overlaps(t_state, t1, spans))
         wait.append(t0 - t_state)
         if t_recv is None:
             lost += 1
             continue
         e2e.append(t_recv - t_state)
+        busy_e2e.append(overlaps(t_state, t_recv, spans))
         transport.append(t_recv - t_pub)
         tick_to_cmd.append(t_recv - t0)
         cmd_times.append(t_recv)
     first, last = measured[0][0], measured[-1][0]
     tick_starts = np.array([t0 for t0, _, _ in ctrl["ticks"] if first <= t0 <= last])
+    intervals = np.diff(tick_starts)
+    busy_interval = [overlaps(a, b, spans) for a, b in itertools.pairwise(tick_starts)]
     if raw is not None:
         raw.update({"state_to_command": e2e, "tick_start_to_command": tick_to_cmd, "tick_compute": compute,
-                    "tick_interval": np.diff(tick_starts).tolist()})
+                    "tick_interval": intervals.tolist()})
     stats = {
         "state_to_command": stats_ms(e2e),
         "state_to_tick_start (wait)": stats_ms(wait),
@@ -240,11 +326,25 @@ def analyse(ctrl: dict[str, Any], drv: dict[str, Any],
         "tick_compute (policy ticks)": stats_ms(compute),
         "command_transport": stats_ms(transport),
         "command_interval (driver)": stats_ms(np.diff(np.sort(cmd_times))),
-        "tick_interval (controller)": stats_ms(np.diff(tick_starts)),
+        "tick_interval (controller)": stats_ms(intervals),
     }
+    if spans:
+        for name, values, busy in (("state_to_command", e2e, busy_e2e), ("tick_compute (policy ticks)", compute,
+                                   busy_compute), ("tick_interval (controller)", intervals, busy_interval)):
+            flags = np.asarray(busy, bool)
+            stats[f"{name} | job"] = stats_ms(np.asarray(values)[flags])
+            stats[f"{name} | no job"] = stats_ms(np.asarray(values)[~flags])
+        stats["adaptation job (worker thread)"] = stats_ms([j["end"] - j["start"] for j in ctrl["jobs"]])
+        for part in ("identify_s", "imagine_s", "update_s"):
+            stats[f"adaptation job: {part[:-2]}"] = stats_ms([1e9 * j[part] for j in ctrl["jobs"]])
     counts = {"states": len(measured), "states_acted_on": len(compute), "commands_received": len(e2e),
-              "commands_lost": lost, "holds": ctrl["holds"]}
+              "commands_lost": lost, "holds": ctrl["holds"], "adaptation_jobs": len(spans)}
     return stats, counts
+
+
+def overlaps(start: int, end: int, spans: list[tuple[int, int]]) -> bool:
+    """Whether ``[start, end]`` overlaps any of the ``(start, end)`` spans."""
+    return any(start < b and end > a for a, b in spans)
 
 
 def plot(raw: dict[str, Any], args: argparse.Namespace, path: Path) -> None:
@@ -283,6 +383,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--csv", default=str(RESULTS))
     parser.add_argument("--png", default="", help="also save histograms of the latencies to this PNG")
     parser.add_argument("--note", default="", help="free text for the CSV (e.g. other load on the machine)")
+    parser.add_argument("--adapt-job-period-s", type=float, default=0.0,
+                        help="hand the controller's worker a model-mode adaptation step this often (0 = none)")
+    parser.add_argument("--adapt-episodes", type=int, default=4, help="real episodes (200 steps) per job")
+    parser.add_argument("--imagined-rollouts", type=int, default=20, help="imagined rollouts (200 steps) per job")
+    parser.add_argument("--ensemble-models", type=int, default=5)
+    parser.add_argument("--worker-niceness", type=int, default=-1, help="nice value added to the controller's "
+                        "adaptation worker thread (-1 = the controller's WORKER_NICENESS)")
+    parser.add_argument("--switch-interval-ms", type=float, default=0.0, help="sys.setswitchinterval of the "
+                        "controller process (0 = Python's default, 5 ms)")
+    parser.add_argument("--ensemble-hidden", type=int, default=256, help="width of the ensemble's 2 hidden layers")
     parser.add_argument("--role", choices=("main", "controller", "driver"), default="main", help=argparse.SUPPRESS)
     parser.add_argument("--out", default="", help=argparse.SUPPRESS)
     parser.add_argument("--stop", default="", help=argparse.SUPPRESS)
@@ -295,7 +405,11 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "ROS_DOMAIN_ID": str(args.domain_id), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
     me = [sys.executable, str(Path(__file__).resolve())]
     common = ["--task", args.task, "--rate-hz", str(args.rate_hz), "--state-hz", str(args.state_hz),
-              "--states", str(args.states), "--warmup", str(args.warmup)]
+              "--states", str(args.states), "--warmup", str(args.warmup),
+              "--adapt-job-period-s", str(args.adapt_job_period_s), "--adapt-episodes", str(args.adapt_episodes),
+              "--imagined-rollouts", str(args.imagined_rollouts), "--ensemble-models", str(args.ensemble_models),
+              "--ensemble-hidden", str(args.ensemble_hidden), "--switch-interval-ms", str(args.switch_interval_ms),
+              "--worker-niceness", str(args.worker_niceness)]
     with tempfile.TemporaryDirectory(prefix="mbmpo_ctrl_lat_") as tmp:
         ctrl_out, drv_out, stop = f"{tmp}/ctrl.json", f"{tmp}/drv.json", f"{tmp}/stop"
         ctrl = subprocess.Popen(me + common + ["--role", "controller", "--out", ctrl_out, "--stop", stop], env=env)
