@@ -131,7 +131,8 @@ def episode_transitions(episodes: list[Episode], action_low: np.ndarray,
 class Imagined:
     """What a model step hands the inner step: rollouts ``obs [N, H, obs_dim], act [N, H, act_dim]`` (raw
     samples), ``rewards [N, H], mask [N, H]``, and what identification found (``error_before/after [K]``:
-    held-out one-step MSE of each member with its trained / identified last layer; ``member``: the one used)."""
+    held-out one-step MSE of each member with its trained / identified last layer; ``member``: the one used;
+    ``refitted``: whether with its identified last layer, else the trained one)."""
 
     obs: np.ndarray
     act: np.ndarray
@@ -142,6 +143,7 @@ class Imagined:
     error_after: np.ndarray
     identify_s: float
     imagine_s: float
+    refitted: bool = True
 
 
 class ImagineStep(Protocol):
@@ -158,6 +160,8 @@ class ModelImagination:
     ``reward``/``done``: the task's numpy model-space functions; ``horizon``: the policy's (training's) imagined
     horizon; ``ridge``: :func:`~mbmpo_core.identification.identify`'s (relative) ridge. Start states are the
     batch's episode starts, drawn with replacement, as training starts imagination from stored episode starts.
+    The model imagined in is the one with the lowest held-out error: the best member with its identified last
+    layer, or, if a trained last layer predicted the held-out transitions better, that member as trained.
     ``identify_fn``/``imagine_fn`` default to the ONNX implementations (tests inject others).
     """
 
@@ -179,13 +183,17 @@ class ModelImagination:
         obs, act, next_obs = episode_transitions(episodes, self.action_low, self.action_high)
         found = self.identify_fn(self.dynamics, obs, act, next_obs, ridge=self.ridge, holdout=self.holdout)
         t1 = time.perf_counter()
+        before, after = np.asarray(found.error_before, float), np.asarray(found.error_after, float)
+        refitted = bool(after[found.best_member] <= before.min())
+        member = int(found.best_member) if refitted else int(np.argmin(before))
         firsts = np.stack([e.obs[0] for e in episodes])
         starts = firsts[rng.integers(0, len(firsts), size=self.rollouts)]
-        o, a, r, m = self.imagine_fn(self.dynamics, found.best_member, found.last_layer, policy, params, starts,
-                                     self.horizon, self.reward, self.done, rng, self.action_low, self.action_high)
+        o, a, r, m = self.imagine_fn(self.dynamics, member, found.last_layer if refitted else None, policy, params,
+                                     starts, self.horizon, self.reward, self.done, rng, self.action_low,
+                                     self.action_high)
         return Imagined(np.asarray(o, np.float64), np.asarray(a, np.float64), np.asarray(r, np.float64),
-                        np.asarray(m, np.float64), int(found.best_member), np.asarray(found.error_before, float),
-                        np.asarray(found.error_after, float), t1 - t0, time.perf_counter() - t1)
+                        np.asarray(m, np.float64), member, before, after, t1 - t0, time.perf_counter() - t1,
+                        refitted)
 
 
 # ------------------------------------------------------------------------------------------ the job
@@ -258,13 +266,14 @@ class AdaptResult:
     imagine_s: float = math.nan
     update_s: float = math.nan
     member: int = -1
+    refitted: bool = False
     error_before: list[float] = field(default_factory=list)
     error_after: list[float] = field(default_factory=list)
     imagined_return: float = math.nan
     error: str = ""
 
     def note_imagined(self, imagined: Imagined) -> None:
-        self.member = imagined.member
+        self.member, self.refitted = imagined.member, imagined.refitted
         self.error_before = [float(x) for x in imagined.error_before]
         self.error_after = [float(x) for x in imagined.error_after]
         self.identify_s, self.imagine_s = imagined.identify_s, imagined.imagine_s
@@ -272,7 +281,8 @@ class AdaptResult:
 
     @property
     def ident_errors(self) -> tuple[float, float]:
-        """Held-out one-step error of the member used, before and after identification (NaN if none)."""
+        """Held-out one-step error of the member used with its trained and its identified last layer (NaN if
+        none)."""
         if self.member < 0 or self.member >= len(self.error_before):
             return math.nan, math.nan
         return self.error_before[self.member], self.error_after[self.member]
@@ -282,7 +292,8 @@ class AdaptResult:
         values = {"event": "step", "generation": self.generation, "step": self.step, "mode": self.mode,
                   "ok": self.params is not None, "error": self.error, "batch_return": self.batch_return,
                   "job_s": self.job_s, "identify_s": self.identify_s, "imagine_s": self.imagine_s,
-                  "update_s": self.update_s, "member": self.member, "ident_error_before": self.error_before,
+                  "update_s": self.update_s, "member": self.member, "refitted": self.refitted,
+                  "ident_error_before": self.error_before,
                   "ident_error_after": self.error_after, "imagined_return": self.imagined_return}
         return {k: _json_number(v) for k, v in values.items()}
 

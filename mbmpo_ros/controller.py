@@ -288,9 +288,10 @@ class Controller(LifecycleNode):
         step = self.book.step
         ended = self.book.observe(obs)
         if self.book.step != step:  # a transition was closed (not the first tick of an episode)
-            self._submit(self.adapter.close(self.book.last_reward, ended, obs))
-            for record in self.adapter.take_records():
+            job = self.adapter.close(self.book.last_reward, ended, obs)
+            for record in self.adapter.take_records():  # the batch first, then the step computed from it
                 self._log(record)
+            self._submit(job)
         return ended
 
     def _act(self, obs: np.ndarray) -> None:

@@ -114,6 +114,8 @@ def test_controller_adapts_through_the_model(ros_graph: Any, tmp_path: Path) -> 
     assert [r["step"] for r in steps] == [1, 2] and all(r["ok"] and r["mode"] == "model" for r in steps)
     assert all(len(r["ident_error_before"]) == 2 == len(r["ident_error_after"]) for r in steps)
     assert all(r["member"] in (0, 1) and r["imagine_s"] > 0 and r["robot"] == NS for r in steps)
+    assert [(r["event"], r.get("steps", r.get("step"))) for r in lines[1:6]] == [
+        ("batch", 0), ("step", 1), ("batch", 1), ("step", 2), ("batch", 2)]  # each batch, then the step from it
     batches = [r for r in lines if r["event"] == "batch"]
     assert [r["steps"] for r in batches] == [0, 1, 2] and all(isinstance(r["return"], float) for r in batches)
     n_cmd = len(commands)

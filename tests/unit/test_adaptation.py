@@ -289,11 +289,12 @@ def test_model_imagination_feeds_identify_and_imagine(policy: OnnxPolicy) -> Non
     assert job is not None
     calls: dict[str, Any] = {}
     layer = (np.zeros((3, 4, OBS_DIM)), np.zeros((3, 1, OBS_DIM)))
+    errors_before = np.ones(3)
 
     def identify(ens: Any, obs: np.ndarray, act: np.ndarray, nxt: np.ndarray, ridge: float,
                  holdout: float) -> Any:
         calls["identify"] = (ens, obs, act, nxt, ridge, holdout)
-        return SimpleNamespace(last_layer=layer, error_before=np.ones(3), error_after=np.array([0.9, 0.2, 0.5]),
+        return SimpleNamespace(last_layer=layer, error_before=errors_before, error_after=np.array([0.9, 0.2, 0.5]),
                                best_member=1)
 
     def imagine(ens: Any, member: int, last_layer: Any, pol: Any, params: Any, starts: np.ndarray, horizon: int,
@@ -319,6 +320,11 @@ def test_model_imagination_feeds_identify_and_imagine(policy: OnnxPolicy) -> Non
     firsts = {tuple(seen_a[0]), tuple(seen_b[0])}
     assert {tuple(s) for s in starts} == firsts  # episode starts only, both drawn (9 draws of 2)
     assert imagined.member == 1 and imagined.obs.shape == (9, 5, OBS_DIM) and imagined.error_after[1] == 0.2
+    assert imagined.refitted
+    # A trained last layer that predicts the held-out transitions better than any refit: that member, as trained.
+    errors_before = np.array([0.6, 0.5, 0.1])
+    imagined = step(policy, None, job.episodes, np.random.default_rng(0))
+    assert calls["imagine"][:2] == (2, None) and imagined.member == 2 and not imagined.refitted
     # The job seeds its stream with (seed, generation, step): the same job gives the same step.
     job.imagination = step
     first, again = job.run(), job.run()
