@@ -25,16 +25,20 @@ Params = dict[str, np.ndarray]
 def run_episode(env: Any, policy: OnnxPolicy, params: Params | None, reset_seed: int, low: np.ndarray,
                 high: np.ndarray, rng: np.random.Generator | None) -> Episode:
     """One episode; ``rng`` None = the deterministic mean action. Records the raw action, steps the clipped one
-    (the policy gradient is of the sampled action, the robot executes what its bounds allow)."""
+    (the policy gradient is of the sampled action, the robot executes what its bounds allow) and records it as
+    executed, with the observation after the last step (what the model step identifies the dynamics on)."""
     ep = Episode(version=0)
     obs, _ = env.reset(seed=reset_seed)
     while True:
         raw = policy.act(obs, params, deterministic=rng is None, rng=rng)
+        executed = np.clip(raw, low, high)
         ep.obs.append(np.asarray(obs, np.float64).copy())
         ep.act.append(np.asarray(raw, np.float64).copy())
-        obs, reward, terminated, truncated, _ = env.step(np.clip(raw, low, high))
+        ep.executed.append(np.asarray(executed, np.float64).copy())
+        obs, reward, terminated, truncated, _ = env.step(executed)
         ep.rewards.append(float(reward))
         if terminated or truncated:
+            ep.last_obs = np.asarray(obs, np.float64).copy()  # the model step's last transition needs it
             return ep
 
 
