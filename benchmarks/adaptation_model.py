@@ -13,8 +13,8 @@ Arms, each evaluated on the same perturbed env with the same reset seeds (paired
 The two adaptation arms run the controller's own job (:class:`mbmpo_ros.adaptation.AdaptJob`, torch-free, with
 :class:`~mbmpo_ros.adaptation.ModelImagination` for the model step) on episodes stepped here directly (no ROS graph;
 ``benchmarks/adaptation_graph.py`` runs it through the nodes). For each evaluation seed s the 4 adaptation episodes
-of theta and the evaluation episodes (one stochastic, one deterministic) reset with seeds derived from s, the same
-for every arm.
+of theta and the evaluation episodes (3 stochastic, 3 deterministic) reset with seeds derived from s, the same for
+every arm.
 
 Commands (one thread per process; ``train`` runs two at a time, resumes unfinished runs, skips finished ones):
 
@@ -114,10 +114,13 @@ def load_policy(task: str, algo: str, seed: int) -> OnnxPolicy:
     return validate_bundle(PolicyBundle.from_dir(run_dir(task, algo, seed)), expected_task=task)
 
 
-def episode_return(env: Any, policy: OnnxPolicy, params: Any, reset_seed: int, low: np.ndarray, high: np.ndarray,
-                   noise_seed: int | None) -> float:
-    rng = None if noise_seed is None else np.random.default_rng(noise_seed)
-    return run_episode(env, policy, params, reset_seed, low, high, rng).ret
+def mean_return(env: Any, policy: OnnxPolicy, params: Any, seed: int, episodes: int, low: np.ndarray,
+                high: np.ndarray, stochastic: bool) -> float:
+    """Mean return of ``episodes`` episodes reset with seeds from ``seed`` (and action noise from it if stochastic)."""
+    rets = [run_episode(env, policy, params, 1_000_000 + 100 * seed + j, low, high,
+                        np.random.default_rng([2_000_000, seed, j]) if stochastic else None).ret
+            for j in range(episodes)]
+    return float(np.mean(rets))
 
 
 def adapt(policy: OnnxPolicy, episodes: list[Episode], imagination: ModelImagination | None, steps: int,
@@ -136,7 +139,9 @@ def adapt(policy: OnnxPolicy, episodes: list[Episode], imagination: ModelImagina
 
 
 def evaluate_case(task_name: str, seed: int, perturbation: str, eval_seeds: int, model_steps: int,
-                  rollouts: int, commit: str) -> Iterator[dict[str, Any]]:
+                  rollouts: int, commit: str, eval_episodes: int = 3) -> Iterator[dict[str, Any]]:
+    """Rows of every arm for evaluation seeds 0..eval_seeds-1 of one training seed and perturbation; each return is
+    the mean of ``eval_episodes`` evaluation episodes."""
     task = make_task(task_name, horizon=200)
     policy, control = load_policy(task_name, "mbmpo", seed), load_policy(task_name, "metrpo", seed)
     low, high = task.action_low, task.action_high
@@ -154,8 +159,8 @@ def evaluate_case(task_name: str, seed: int, perturbation: str, eval_seeds: int,
                     "direct": (policy, direct[0], direct), "model": (policy, model[0], model)}
             for arm, (pol, params, (_, before, after, seconds)) in arms.items():
                 yield {"task": task_name, "train_seed": seed, "perturbation": perturbation, "eval_seed": s, "arm": arm,
-                       "return_stoch": episode_return(env, pol, params, 1_000_000 + s, low, high, 2_000_000 + s),
-                       "return_det": episode_return(env, pol, params, 1_000_000 + s, low, high, None),
+                       "return_stoch": mean_return(env, pol, params, s, eval_episodes, low, high, stochastic=True),
+                       "return_det": mean_return(env, pol, params, s, eval_episodes, low, high, stochastic=False),
                        "ident_error_before": before, "ident_error_after": after, "job_s": seconds, "commit": commit}
     finally:
         env.close()
