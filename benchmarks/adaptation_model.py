@@ -245,13 +245,17 @@ def report(tasks: list[str], column: str) -> str:
     return "\n".join(lines)
 
 
+MIN_LOSS = 10.0  # return units: below this a perturbation cost theta nothing worth recovering (the share is noise)
+
+
 def recovery(means: dict[tuple[str, str, int], float], pert: str, seeds: list[int]) -> str:
-    """Per training seed: (model - theta) / (theta nominal - theta perturbed); '-' where nothing was lost."""
+    """Per training seed: (model - theta) / (theta nominal - theta perturbed), or the loss itself where it is below
+    ``MIN_LOSS`` (the perturbation cost nothing: the share is undefined)."""
     parts = []
     for s in seeds:
         lost = means[("nominal", "theta", s)] - means[(pert, "theta", s)]
         gain = means[(pert, "model", s)] - means[(pert, "theta", s)]
-        parts.append(f"{gain / lost:.0%}" if lost > 0 else "no loss")
+        parts.append(f"{gain / lost:.0%}" if lost >= MIN_LOSS else f"lost {lost:.0f}")
     return ", ".join(parts)
 
 
