@@ -20,7 +20,8 @@ Commands (one thread per process; ``train`` runs two at a time, resumes unfinish
 
     python benchmarks/adaptation_model.py train --tasks HalfCheetah-v5 Hopper-v5 --seeds 0 1 2
     python benchmarks/adaptation_model.py eval --tasks HalfCheetah-v5 Hopper-v5 --seeds 0 1 2 --eval-seeds 10
-    python benchmarks/adaptation_model.py report --tasks HalfCheetah-v5 Hopper-v5
+    python benchmarks/adaptation_model.py report --tasks HalfCheetah-v5 Hopper-v5 \\
+        --plot benchmarks/results/adaptation_model.png
 """
 
 from __future__ import annotations
@@ -259,6 +260,32 @@ def recovery(means: dict[tuple[str, str, int], float], pert: str, seeds: list[in
     return ", ".join(parts)
 
 
+def plot(tasks: list[str], column: str, path: Path) -> None:
+    """One panel per task: each arm's return minus theta's per perturbation, mean ± s.e. over training seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(tasks), 1, figsize=(11, 3.6 * len(tasks)), squeeze=False)
+    for ax, task in zip(axes[:, 0], tasks, strict=True):
+        means = seed_means(read_rows(results_path(task)), column)
+        seeds = sorted({s for (_, _, s) in means})
+        perts = [p for p in PERTURBATIONS if (p, "theta", seeds[0]) in means] if seeds else []
+        x = np.arange(len(perts))
+        for i, arm in enumerate(("metrpo", "direct", "model")):
+            diffs = np.array([[means[(p, arm, s)] - means[(p, "theta", s)] for s in seeds] for p in perts])
+            ax.bar(x + (i - 1) * 0.27, diffs.mean(1), 0.27, yerr=[sem(d) for d in diffs], capsize=3,
+                   label=f"{arm} - theta")
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks(x, perts, fontsize=8)
+        ax.set_ylabel(f"{column} difference")
+        ax.set_title(f"{task}: {len(seeds)} training seeds, paired evaluation seeds")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
 def sem(x: np.ndarray) -> float:
     return float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
 
@@ -276,6 +303,7 @@ def main() -> None:
     sub.choices["eval"].add_argument("--model-steps", type=int, default=1)
     sub.choices["eval"].add_argument("--rollouts", type=int, default=20)
     sub.choices["report"].add_argument("--column", choices=("return_stoch", "return_det"), default="return_stoch")
+    sub.choices["report"].add_argument("--plot", type=Path, help="also draw the differences as a PNG")
     args = parser.parse_args()
     if args.command == "train":
         train(args.tasks, args.seeds, args.jobs, args.total_steps)
@@ -283,6 +311,8 @@ def main() -> None:
         evaluate(args.tasks, args.seeds, args.eval_seeds, args.model_steps, args.rollouts)
     else:
         print(report(args.tasks, args.column))
+        if args.plot:
+            plot(args.tasks, args.column, args.plot)
 
 
 if __name__ == "__main__":
