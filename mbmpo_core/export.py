@@ -54,6 +54,7 @@ from mbmpo_core.bundle import (
 from mbmpo_core.config import load_config
 from mbmpo_core.ensemble import DynamicsEnsemble
 from mbmpo_core.export_dynamics import build_dynamics_model
+from mbmpo_core.onnx_graph import GraphBuilder, finish_model
 from mbmpo_core.policy import GaussianMLPPolicy
 
 __all__ = ["IR_VERSION", "OPSET", "adapt_file_name", "dynamics_file_name", "export_bundle", "export_from_checkpoint",
@@ -97,31 +98,11 @@ def torch_policy_id(policy: GaussianMLPPolicy) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- graph
-class _GraphBuilder:
-    """Accumulates nodes and constant initializers; intermediate names are generated."""
-
-    def __init__(self) -> None:
-        self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
-        self._count = 0
-
-    def op(self, op_type: str, inputs: Sequence[str], output: str | None = None, **attrs: Any) -> str:
-        if output is None:
-            self._count += 1
-            output = f"{op_type.lower()}_{self._count}"
-        self.nodes.append(helper.make_node(op_type, list(inputs), [output], **attrs))
-        return output
-
-    def const(self, name: str, value: np.ndarray) -> str:
-        self.initializers.append(numpy_helper.from_array(value, name))
-        return name
-
-
 def _layer_names(param_names: Sequence[str]) -> list[str]:
     return [n[: -len(".weight")] for n in param_names if n.endswith(".weight")]
 
 
-def _forward(g: _GraphBuilder, layers: Sequence[str], mean_output: str) -> list[str]:
+def _forward(g: GraphBuilder, layers: Sequence[str], mean_output: str) -> list[str]:
     """Nodes of ``mean = tanh-MLP((obs - obs_mean) * obs_scale)``; returns each layer's input ``h_k``."""
     h = g.op("Mul", [g.op("Sub", [OBS_INPUT, OBS_MEAN_CONST]), OBS_SCALE_CONST])
     inputs: list[str] = []
@@ -133,7 +114,7 @@ def _forward(g: _GraphBuilder, layers: Sequence[str], mean_output: str) -> list[
     return inputs
 
 
-def _backward(g: _GraphBuilder, layers: Sequence[str], hs: Sequence[str], mean: str) -> None:
+def _backward(g: GraphBuilder, layers: Sequence[str], hs: Sequence[str], mean: str) -> None:
     """Nodes of ``grad.<name>`` for every parameter (see the module docstring for the math)."""
     one, neg_two = g.const("const_one", np.array(1.0, np.float32)), g.const("const_neg_two", np.array(-2.0, np.float32))
     axis0, axis1 = g.const("const_axis0", np.array([0], np.int64)), g.const("const_axis1", np.array([1], np.int64))
@@ -164,24 +145,16 @@ def _param_inputs(params: Mapping[str, np.ndarray]) -> tuple[list[onnx.ValueInfo
     return infos, inits
 
 
-def _normalizer_consts(g: _GraphBuilder, obs_mean: np.ndarray, obs_scale: np.ndarray) -> None:
+def _normalizer_consts(g: GraphBuilder, obs_mean: np.ndarray, obs_scale: np.ndarray) -> None:
     g.const(OBS_MEAN_CONST, obs_mean.astype(np.float32))
     g.const(OBS_SCALE_CONST, obs_scale.astype(np.float32))
-
-
-def _model(graph: onnx.GraphProto, metadata: Mapping[str, str]) -> onnx.ModelProto:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="mbmpo")
-    model.ir_version = IR_VERSION
-    helper.set_model_props(model, dict(metadata))
-    onnx.checker.check_model(model, full_check=True)
-    return model
 
 
 def build_policy_model(
     params: Mapping[str, np.ndarray], obs_mean: np.ndarray, obs_scale: np.ndarray, metadata: Mapping[str, str]
 ) -> onnx.ModelProto:
     """Policy graph: ``obs [B, obs_dim]`` (+ optional param overrides) -> ``action_mean [B, A]``, ``log_std [A]``."""
-    g = _GraphBuilder()
+    g = GraphBuilder()
     _normalizer_consts(g, obs_mean, obs_scale)
     _forward(g, _layer_names(list(params)), MEAN_OUTPUT)
     obs_dim, act_dim = obs_mean.shape[0], params["log_std"].shape[0]
@@ -192,7 +165,7 @@ def build_policy_model(
         g.nodes, "mbmpo_policy", [_tensor_info(OBS_INPUT, ["batch", obs_dim]), *infos], outputs,
         initializer=inits + g.initializers,
     )
-    return _model(graph, metadata)
+    return finish_model(graph, metadata)
 
 
 def build_adapt_model(
@@ -204,7 +177,7 @@ def build_adapt_model(
 ) -> onnx.ModelProto:
     """Inner-step graph: params, ``obs [N, obs_dim]``, ``act [N, A]``, ``advantages [N]``, ``mask [N]`` ->
     ``grad.<name>`` and ``adapted.<name> = <name> + alpha_<name> * grad.<name>`` (alphas are constants)."""
-    g = _GraphBuilder()
+    g = GraphBuilder()
     _normalizer_consts(g, obs_mean, obs_scale)
     layers = _layer_names(list(params))
     hs = _forward(g, layers, "mean")
@@ -221,7 +194,7 @@ def build_adapt_model(
     ]
     infos, inits = _param_inputs(params)
     graph = helper.make_graph(g.nodes, "mbmpo_adapt", [*data, *infos], outputs, initializer=inits + g.initializers)
-    return _model(graph, metadata)
+    return finish_model(graph, metadata)
 
 
 # ---------------------------------------------------------------------------------------------- export

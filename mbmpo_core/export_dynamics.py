@@ -10,8 +10,7 @@ layer in closed form (:mod:`mbmpo_core.identification`) and feed the result back
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping
 
 import numpy as np
 import onnx
@@ -22,53 +21,33 @@ from mbmpo_core.bundle import (
     ACT_INPUT,
     FEATURES_OUTPUT,
     FORMAT_VERSION,
-    IR_VERSION,
     LAST_BIAS_INPUT,
     LAST_WEIGHT_INPUT,
     NEXT_OBS_OUTPUT,
     OBS_INPUT,
-    OPSET,
     TARGET_MEAN_CONST,
     TARGET_STD_CONST,
     encode_metadata,
 )
 from mbmpo_core.ensemble import DynamicsEnsemble
+from mbmpo_core.onnx_graph import GraphBuilder, finish_model
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy().astype(np.float32)
 
 
-class _Nodes:
-    """Nodes and constant initializers of one graph; intermediate names are generated."""
-
-    def __init__(self) -> None:
-        self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
-        self._count = 0
-
-    def op(self, op_type: str, inputs: Sequence[str], output: str | None = None, **attrs: Any) -> str:
-        if output is None:
-            self._count += 1
-            output = f"{op_type.lower()}_{self._count}"
-        self.nodes.append(helper.make_node(op_type, list(inputs), [output], **attrs))
-        return output
-
-    def const(self, name: str, value: np.ndarray, dtype: type = np.float32) -> str:
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value, dtype), name))
-        return name
-
-    def activation(self, kind: str, x: str, output: str | None = None) -> str:
-        """The ensemble's hidden activation (``swish``/``silu`` = x * sigmoid(x); ``elu`` with alpha 1)."""
-        if kind == "relu":
-            return self.op("Relu", [x], output)
-        if kind == "tanh":
-            return self.op("Tanh", [x], output)
-        if kind in ("swish", "silu"):
-            return self.op("Mul", [x, self.op("Sigmoid", [x])], output)
-        if kind == "elu":
-            return self.op("Elu", [x], output, alpha=1.0)
-        raise ValueError(f"activation {kind!r} has no ONNX export")
+def _activation(g: GraphBuilder, kind: str, x: str, output: str | None = None) -> str:
+    """The ensemble's hidden activation (``swish``/``silu`` = x * sigmoid(x); ``elu`` with alpha 1)."""
+    if kind == "relu":
+        return g.op("Relu", [x], output)
+    if kind == "tanh":
+        return g.op("Tanh", [x], output)
+    if kind in ("swish", "silu"):
+        return g.op("Mul", [x, g.op("Sigmoid", [x])], output)
+    if kind == "elu":
+        return g.op("Elu", [x], output, alpha=1.0)
+    raise ValueError(f"activation {kind!r} has no ONNX export")
 
 
 def build_dynamics_model(ensemble: DynamicsEnsemble, metadata: Mapping[str, object]) -> onnx.ModelProto:
@@ -89,14 +68,14 @@ def build_dynamics_model(ensemble: DynamicsEnsemble, metadata: Mapping[str, obje
     bad = [n for n, v in [*consts.items(), *enumerate(weights), *enumerate(biases)] if not np.all(np.isfinite(v))]
     if bad:
         raise ValueError(f"non-finite ensemble weights or normalisers {bad}: refusing to export")
-    g = _Nodes()
+    g = GraphBuilder()
     for name, value in consts.items():
         g.const(name, value)
     x = g.op("Concat", [OBS_INPUT, ACT_INPUT], axis=1)
     h = g.op("Mul", [g.op("Sub", [x, "input_mean"]), "input_factor"])  # [B, in]
     for i, (w, b) in enumerate(zip(weights[:-1], biases[:-1], strict=True)):
         z = g.op("Add", [g.op("MatMul", [h, g.const(f"l{i}.weight", w)]), g.const(f"l{i}.bias", b)])
-        h = g.activation(ensemble.activation, z, FEATURES_OUTPUT if i == len(weights) - 2 else None)
+        h = _activation(g, ensemble.activation, z, FEATURES_OUTPUT if i == len(weights) - 2 else None)
     if len(weights) == 1:  # no hidden layer: the features are the normalised inputs, one copy per member
         h = g.op("Expand", [h, g.const("features_shape", np.array([k, 1, 1]), np.int64)], FEATURES_OUTPUT)
     delta = g.op("Add", [g.op("MatMul", [h, LAST_WEIGHT_INPUT]), LAST_BIAS_INPUT])  # normalised [K, B, o]
@@ -112,9 +91,5 @@ def build_dynamics_model(ensemble: DynamicsEnsemble, metadata: Mapping[str, obje
                helper.make_tensor_value_info(NEXT_OBS_OUTPUT, TensorProto.FLOAT, [k, "batch", o])]
     defaults = [numpy_helper.from_array(v, n) for n, v in last.items()]  # trained values = the inputs' defaults
     graph = helper.make_graph(g.nodes, "mbmpo_dynamics", inputs, outputs, initializer=defaults + g.initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="mbmpo")
-    model.ir_version = IR_VERSION
     own = {"format_version": FORMAT_VERSION, "obs_dim": o, "act_dim": a, "num_models": k, "hidden": hidden}
-    helper.set_model_props(model, encode_metadata({**metadata, **own}))
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    return finish_model(graph, encode_metadata({**metadata, **own}))
