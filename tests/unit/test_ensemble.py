@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,15 +11,9 @@ import torch
 from mbmpo_core.ensemble import DynamicsEnsemble, EpochInfo
 from mbmpo_core.normalizer import Normalizer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    """Small nets gain nothing from intra-op threads, and OpenMP spin-waiting makes
-    them crawl when other processes share the cores (seen: 8 s -> 13 min)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Small nets gain nothing from intra-op threads, and OpenMP spin-waiting makes them crawl when other processes share
+# the cores (seen: 8 s -> 13 min).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _linear_system(

@@ -3,23 +3,14 @@ trained one when nothing changed, scales its ridge with the features, and refuse
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
-import torch
 from dynamics_helpers import ACT_DIM, OBS_DIM, K, bundle_with_dynamics, toy_data
 
 from mbmpo_core.identification import DEFAULT_RIDGE, identify
 from mbmpo_core.onnx_dynamics import OnnxEnsemble
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

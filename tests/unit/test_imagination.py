@@ -3,8 +3,6 @@ reward the action the real env's reward gets, for policy samples far outside the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -20,12 +18,7 @@ RAW_MEAN = [3.0, -3.0, 2.5, -4.0, 3.0, -2.0]
 STEPS = 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class ReplayModel:

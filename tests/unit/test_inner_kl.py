@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,13 +19,7 @@ from mbmpo_core.report import PROGRESS_COLUMNS
 from mbmpo_core.sampler import RealSampler, uniform_random_actions
 from sim import make_task
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 M, N, H, OBS, ACT = 3, 8, 10, 2, 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -23,14 +23,7 @@ from mbmpo_core.meta import (
 from mbmpo_core.policy import BatchedImpl, GaussianMLPPolicy, Params
 from mbmpo_core.trpo import trpo_step
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    """Tiny tensors: intra-op threads only add sync cost (and stall badly on a busy 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 M, N, H, OBS, ACT = 3, 4, 5, 2, 2

@@ -3,7 +3,6 @@ and bundles without it (also older ones) still load."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +19,7 @@ from mbmpo_core.ensemble import DynamicsEnsemble
 from mbmpo_core.export import dynamics_file_name, export_bundle, export_policy
 from mbmpo_core.onnx_dynamics import OnnxEnsemble
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _close(a: np.ndarray, b: np.ndarray, what: str) -> None:

@@ -3,7 +3,6 @@ actions, raw samples recorded, reward on the executed action, observation and re
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -24,12 +23,7 @@ LOW, HIGH = np.full(ACT_DIM, -0.3), np.full(ACT_DIM, 0.3)  # narrow: the policy'
 DONE_ABOVE = 3.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def reward(obs: Any, act: Any, next_obs: Any) -> Any:
