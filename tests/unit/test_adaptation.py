@@ -257,13 +257,20 @@ def test_direct_mode_result_has_no_identification(policy: OnnxPolicy) -> None:
     assert adapter.summary()["adapt.ident_error_after"] == "" and adapter.summary()["adapt.mode"] == "direct"
 
 
-def test_transitions_pair_each_state_with_the_executed_action_and_the_next_state(policy: OnnxPolicy) -> None:
+def _two_episode_job(policy: OnnxPolicy, seed: int) -> tuple[AdaptJob, list[np.ndarray], list[np.ndarray]]:
+    """The job of a 2-episode batch (3 and 4 steps, executed actions and last observations recorded) and the
+    observations each episode saw."""
     adapter = OnlineAdapter(episodes=2, steps_max=1)
     adapter.reset(policy)
-    rng = np.random.default_rng(9)
+    rng = np.random.default_rng(seed)
     _, seen_a = _executed_episode(adapter, policy, rng, 3)
     job, seen_b = _executed_episode(adapter, policy, rng, 4)
     assert job is not None
+    return job, seen_a, seen_b
+
+
+def test_transitions_pair_each_state_with_the_executed_action_and_the_next_state(policy: OnnxPolicy) -> None:
+    job, seen_a, seen_b = _two_episode_job(policy, seed=9)
     low, high = -np.ones(ACT_DIM), np.ones(ACT_DIM)
     obs, act, nxt = episode_transitions(job.episodes, low, high)
     assert obs.shape == nxt.shape == (7, OBS_DIM) and act.shape == (7, ACT_DIM)
@@ -281,12 +288,7 @@ def test_transitions_pair_each_state_with_the_executed_action_and_the_next_state
 def test_model_imagination_feeds_identify_and_imagine(policy: OnnxPolicy) -> None:
     """ModelImagination with recording stand-ins for identify and imagine: the real transitions go to identify,
     the identified member and last layer to imagine, start states are the batch's episode starts."""
-    adapter = OnlineAdapter(episodes=2, steps_max=1)
-    adapter.reset(policy)
-    rng = np.random.default_rng(10)
-    _, seen_a = _executed_episode(adapter, policy, rng, 3)
-    job, seen_b = _executed_episode(adapter, policy, rng, 4)
-    assert job is not None
+    job, seen_a, seen_b = _two_episode_job(policy, seed=10)
     calls: dict[str, Any] = {}
     layer = (np.zeros((3, 4, OBS_DIM)), np.zeros((3, 1, OBS_DIM)))
     errors_before = np.ones(3)
