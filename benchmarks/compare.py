@@ -105,7 +105,7 @@ def _mbmpc(spec: RunSpec) -> None:
 ARMS: dict[str, Arm] = {arm.name: arm for arm in (
     Arm("mbmpo", "MB-MPO (cpu_small)", "model-based", 100_000, 20.0, _mbmpo),
     Arm("metrpo", "ME-TRPO (cpu_small, inner_lr 0)", "model-based", 100_000, 25.0, _metrpo),
-    Arm("mbmpc", "MB-MPC (random shooting 1000 x 20)", "model-based", 100_000, 1.5, _mbmpc),
+    Arm("mbmpc", "MB-MPC (random shooting 1000 x 20)", "model-based", 100_000, 10.0, _mbmpc),
     Arm("sac", "SAC (SB3, rl-zoo)", "model-free", 300_000, 60.0, _model_free),
     Arm("ppo", "PPO (SB3, rl-zoo)", "model-free", 1_000_000, 400.0, _model_free),
     Arm("trpo", "TRPO (sb3-contrib, rl-zoo)", "model-free", 1_000_000, 800.0, _model_free),

@@ -3,13 +3,17 @@
     for iteration = 0, 1, ...
         collect real steps: uniform random actions first, then MPC (plan at every step, execute the first action)
         fit the ensemble on every stored transition (FIFO capacity), warm-started
-    plan(obs): N uniform random action sequences of H steps, rolled out through the ensemble's mean prediction,
-               scored by the task's model-space reward (a sequence stops scoring when task.done says it fell);
-               the first action of the best sequence is executed
+    plan(obs): N uniform random action sequences of H steps, each rolled out through one member of the ensemble
+               (N / K sequences per member, "trajectory sampling"), scored by the task's model-space reward (a
+               sequence stops scoring when task.done says it fell); the first action of the best one is executed
 
 The ensemble, its fit and the data cadence are MB-MPO's (``benchmarks/cpu_small.yaml``: same models, random
 warm-up steps and real steps per refit), so the arms differ only in how they act on the model (Nagabandi et al.,
 2018, "Neural Network Dynamics for Model-Based Deep RL with Model-Free Fine-Tuning", random shooting).
+
+The planner keeps Nagabandi et al.'s 1000 candidates x 20 steps. Rolling every candidate through all K members and
+averaging them (``ensemble_use="mean"``) costs K times as much per plan, and a run plans ~140k times (100k real
+steps plus the evaluation episodes); benchmarks/mpc_planner.py measures both on a trained ensemble.
 """
 
 from __future__ import annotations
@@ -30,20 +34,38 @@ from mbmpo_core.task import TaskSpec
 
 CANDIDATES = 1000
 PLAN_HORIZON = 20
+ENSEMBLE_USE = "split"  # see RandomShootingPlanner
 
 
 class RandomShootingPlanner:
-    """Random shooting on an ensemble's mean prediction: ``plan(obs [obs_dim]) -> action [act_dim]``."""
+    """Random shooting on an ensemble: ``plan(obs [obs_dim]) -> action [act_dim]``.
+
+    ``ensemble_use``: "split" rolls each candidate through one member (candidates are dealt to the K members, so
+    ``candidates`` is rounded up to a multiple of K); "mean" rolls every candidate through the members' mean
+    prediction (K times the cost).
+    """
 
     def __init__(self, ensemble: DynamicsEnsemble, task: TaskSpec, candidates: int = CANDIDATES,
-                 horizon: int = PLAN_HORIZON, seed: int = 0) -> None:
+                 horizon: int = PLAN_HORIZON, seed: int = 0, ensemble_use: str = ENSEMBLE_USE) -> None:
         if candidates < 1 or horizon < 1:
             raise ValueError(f"candidates and horizon must be >= 1, got {candidates}, {horizon}")
-        self.ensemble, self.task = ensemble, task
-        self.candidates, self.horizon = candidates, horizon
+        if ensemble_use not in ("split", "mean"):
+            raise ValueError(f"ensemble_use must be 'split' or 'mean', got {ensemble_use!r}")
+        self.ensemble, self.task, self.ensemble_use = ensemble, task, ensemble_use
+        k = ensemble.num_models
+        self.candidates = -(-candidates // k) * k if ensemble_use == "split" else candidates
+        self.horizon = horizon
         self.low = torch.as_tensor(task.action_low, dtype=torch.float32)
         self.high = torch.as_tensor(task.action_high, dtype=torch.float32)
         self.generator = torch.Generator().manual_seed(seed)
+
+    def _step(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """state: [N, obs_dim], action: [N, act_dim] -> predicted next state [N, obs_dim]."""
+        if self.ensemble_use == "mean":
+            return self.ensemble.predict_all(state, action).mean(dim=0)  # [K, N, obs_dim] -> [N, obs_dim]
+        k = self.ensemble.num_models  # candidate i is member i // (N / K)'s
+        shape = (k, self.candidates // k, -1)
+        return self.ensemble.predict(state.reshape(shape), action.reshape(shape)).reshape(self.candidates, -1)
 
     @torch.no_grad()
     def plan(self, obs: np.ndarray) -> np.ndarray:
@@ -55,7 +77,7 @@ class RandomShootingPlanner:
         score = torch.zeros(n)
         alive = torch.ones(n, dtype=torch.bool)
         for t in range(self.horizon):
-            next_state = self.ensemble.predict_all(state, actions[t]).mean(dim=0)  # [K, N, obs_dim] -> [N, obs_dim]
+            next_state = self._step(state, actions[t])
             score += torch.where(alive, self.task.reward(state, actions[t], next_state), 0.0)
             alive &= ~self.task.done(next_state)
             state = next_state
@@ -99,7 +121,8 @@ def run_mpc(spec: RunSpec, config_path: Path) -> None:
         return planner.plan(obs)
 
     print(f"{spec.name}: {'starting' if state is None else f'resuming at {len(store)} steps'}, "
-          f"budget {spec.budget}, {len(spec.marks)} marks, {CANDIDATES} candidates x {PLAN_HORIZON} steps", flush=True)
+          f"budget {spec.budget}, {len(spec.marks)} marks, {planner.candidates} candidates x {PLAN_HORIZON} steps, "
+          f"{ENSEMBLE_USE} ensemble", flush=True)
 
     def evaluate_marks(upto: int) -> None:
         """Every pending mark below ``upto`` with the current planner (random actions before the first fit)."""
