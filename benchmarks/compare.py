@@ -378,8 +378,11 @@ def _status(arm: Arm, task: str, found: ArmCurves | None, seeds: list[int], out:
     done = found.finished if found else []
     todo = [s for s in seeds if s not in done]
     if not todo:
-        return f"{len(done)} seeds done"
-    return f"{len(done)}/{len(seeds)} seeds done; resume: `{resume_command(arm.name, task, todo, out)}`"
+        return f"{len(done)} seed{'s' if len(done) != 1 else ''} done"
+    partial = [f"seed {s} at {int(found.curves[s][-1]['real_steps']) // 1000}k" for s in todo
+               if found and s in found.curves]
+    return (f"{len(done)}/{len(seeds)} seeds done{' (' + ', '.join(partial) + ')' if partial else ''}; "
+            f"resume: `{resume_command(arm.name, task, todo, out)}`")
 
 
 def plot(out: Path, tasks: list[str], column: str, log_x: bool) -> Path:

@@ -130,3 +130,11 @@ def test_planner_refuses_a_bad_size_or_ensemble_use() -> None:
         RandomShootingPlanner(ScaledEnsemble(), ForwardTask(), candidates=0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="ensemble_use"):
         RandomShootingPlanner(ScaledEnsemble(), ForwardTask(), ensemble_use="vote")  # type: ignore[arg-type]
+
+
+def test_status_of_an_unfinished_arm_says_how_far_each_seed_is_and_how_to_resume(tmp_path: Path) -> None:
+    curves = _curves({0: [0.0, 1.0, 2.0, 3.0], 1: [0.0, 1.0]}, [0, 50_000, 100_000, 150_000])
+    status = compare._status(compare.ARMS["trpo"], "Hopper-v5", curves, [0, 1, 2], compare.RESULTS)
+    assert status == ("1/3 seeds done (seed 1 at 50k); "
+                      "resume: `python benchmarks/compare.py run --arm trpo --task Hopper-v5 --seeds 1 2`")
+    assert compare._status(compare.ARMS["trpo"], "Hopper-v5", curves, [0], tmp_path) == "1 seed done"
