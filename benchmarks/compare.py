@@ -277,8 +277,12 @@ def bootstrap_ci(values: np.ndarray, level: float = 0.95, seed: int = 0) -> tupl
     return float(np.quantile(means, (1 - level) / 2)), float(np.quantile(means, (1 + level) / 2))
 
 
-def load_curves(out: Path, task: str) -> dict[str, ArmCurves]:
-    """Every arm's curves on ``task`` found under ``out`` (arms without a CSV are left out)."""
+def load_curves(out: Path, task: str, steps: int | None = None) -> dict[str, ArmCurves]:
+    """Every arm's curves on ``task`` found under ``out`` (arms without a CSV are left out).
+
+    A run is finished at its arm's budget, or at ``steps`` for a smoke study made with ``run --steps``: never at
+    the last mark a stopped run happened to reach.
+    """
     found: dict[str, ArmCurves] = {}
     for arm in ARMS.values():
         curves = {}
@@ -289,13 +293,8 @@ def load_curves(out: Path, task: str) -> dict[str, ArmCurves]:
                 if rows:
                     curves[int(seed)] = rows
         if curves:
-            found[arm.name] = ArmCurves(arm, task, curves, _budget_of(curves, arm))
+            found[arm.name] = ArmCurves(arm, task, curves, steps or arm.budget)
     return found
-
-
-def _budget_of(curves: dict[int, list[dict[str, float]]], arm: Arm) -> int:
-    """The arm's budget, or the largest final mark of a smoke study made with --steps below it."""
-    return min(arm.budget, int(max(rows[-1]["real_steps"] for rows in curves.values())))
 
 
 def steps_to_reach(curves: ArmCurves, target: float, column: str) -> int | None:
@@ -323,7 +322,7 @@ def _fmt_ci(values: np.ndarray) -> str:
     return f"{values.mean():.0f}{interval} (n={len(values)})"
 
 
-def table(out: Path, tasks: list[str], column: str, seeds: list[int]) -> str:
+def table(out: Path, tasks: list[str], column: str, seeds: list[int], steps: int | None = None) -> str:
     """The Markdown table of the study (see the module docstring of the report)."""
     lines = [
         f"Return ({'deterministic' if column == 'return_det' else 'stochastic'} policy, 10 paired evaluation "
@@ -336,7 +335,7 @@ def table(out: Path, tasks: list[str], column: str, seeds: list[int]) -> str:
         "|---|---|" + "---|" * (len(TABLE_MARKS) + 5),
     ]
     for task in tasks:
-        curves = load_curves(out, task)
+        curves = load_curves(out, task, steps)
         reference = curves.get(REFERENCE_ARM)
         target = reference.values_at(REFERENCE_STEPS, column) if reference else np.array([])
         for arm in ARMS.values():
@@ -368,7 +367,7 @@ def _efficiency_cells(arm: Arm, found: ArmCurves | None, target: np.ndarray, col
     steps = steps_to_reach(found, float(target.mean()), column)
     if steps is None:
         reached = int(found.mean_curve(column)[0][-1])
-        return [f"not reached in {reached // 1000}k", f"> {reached / REFERENCE_STEPS:.0f}x"]
+        return [f"not reached in {reached // 1000}k", f"> {reached / REFERENCE_STEPS:.1f}x"]
     return [f"{steps // 1000}k", f"{steps / REFERENCE_STEPS:.1f}x"]
 
 
@@ -385,7 +384,7 @@ def _status(arm: Arm, task: str, found: ArmCurves | None, seeds: list[int], out:
             f"resume: `{resume_command(arm.name, task, todo, out)}`")
 
 
-def plot(out: Path, tasks: list[str], column: str, log_x: bool) -> Path:
+def plot(out: Path, tasks: list[str], column: str, log_x: bool, steps: int | None = None) -> Path:
     """Return against real steps per task, mean and 95 % bootstrap band over seeds; log-x: the model-free range."""
     import matplotlib
 
@@ -394,7 +393,7 @@ def plot(out: Path, tasks: list[str], column: str, log_x: bool) -> Path:
 
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.5), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
-        curves = load_curves(out, task)
+        curves = load_curves(out, task, steps)
         for name, found in curves.items():
             marks, mean, band = found.mean_curve(column)
             keep = marks > 0 if log_x else marks <= REFERENCE_STEPS  # log-x: the untrained policy has no place
@@ -444,6 +443,7 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
         command.add_argument("--out", type=Path, default=RESULTS, help="results folder (smoke tests: a scratch one)")
     run.add_argument("--steps", type=int, help="budget override (smoke tests); default: the arm's budget")
+    report.add_argument("--steps", type=int, help="the budget of a smoke study (`run --steps`); default: the arm's")
     run.add_argument("--mark-every", type=int, help="fixed mark spacing (smoke tests); default: the protocol's")
     return parser
 
@@ -456,13 +456,16 @@ def main() -> int:
             print(f"{arm.name:7s} {arm.family:12s} budget {arm.budget:>9,d}  {arm.label}: {state}")
         return 0
     if args.command == "report":
+        if args.steps is not None and args.steps <= 0:
+            print("--steps must be positive", file=sys.stderr)
+            return 2
         column = f"return_{args.returns}"
-        if not any(load_curves(args.out, task) for task in args.tasks):
+        if not any(load_curves(args.out, task, args.steps) for task in args.tasks):
             print(f"no curves under {args.out} yet: start runs with `python benchmarks/compare.py run ...`")
             return 1
         for log_x in (False, True):
-            print(f"wrote {plot(args.out, args.tasks, column, log_x)}")
-        print(table(args.out, args.tasks, column, args.seeds))
+            print(f"wrote {plot(args.out, args.tasks, column, log_x, args.steps)}")
+        print(table(args.out, args.tasks, column, args.seeds, args.steps))
         return 0
     if (args.steps is not None and args.steps <= 0) or args.jobs <= 0 or (args.mark_every or 1) <= 0:
         print("--steps, --mark-every and --jobs must be positive", file=sys.stderr)

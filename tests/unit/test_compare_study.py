@@ -138,3 +138,16 @@ def test_status_of_an_unfinished_arm_says_how_far_each_seed_is_and_how_to_resume
     assert status == ("1/3 seeds done (seed 1 at 50k); "
                       "resume: `python benchmarks/compare.py run --arm trpo --task Hopper-v5 --seeds 1 2`")
     assert compare._status(compare.ARMS["trpo"], "Hopper-v5", curves, [0], tmp_path) == "1 seed done"
+
+
+def test_a_run_stopped_short_of_its_budget_is_unfinished_unless_the_study_was_a_smoke_one(tmp_path: Path) -> None:
+    header = "real_steps,return_stoch,return_det,std_stoch,std_det,wall_s,cpu_s,eval_wall_s\n"
+    rows = "".join(f"{m},1.0,2.0,0.1,0.1,{m / 100},{m / 100},1.0\n" for m in (0, 50_000, 100_000))
+    (tmp_path / "Hopper-v5").mkdir()
+    (tmp_path / "Hopper-v5" / "ppo-s0.csv").write_text(header + rows)
+    stopped = compare.load_curves(tmp_path, "Hopper-v5")["ppo"]
+    assert (stopped.budget, stopped.finished, stopped.unfinished) == (1_000_000, [], [0])
+    assert compare._status(compare.ARMS["ppo"], "Hopper-v5", stopped, [0], tmp_path).startswith(
+        "0/1 seeds done (seed 0 at 100k); resume:")
+    smoke = compare.load_curves(tmp_path, "Hopper-v5", steps=100_000)["ppo"]
+    assert smoke.finished == [0]
