@@ -398,13 +398,14 @@ def plot(out: Path, tasks: list[str], column: str, log_x: bool, steps: int | Non
             marks, mean, band = found.mean_curve(column)
             keep = marks > 0 if log_x else marks <= REFERENCE_STEPS  # log-x: the untrained policy has no place
             marks, mean, band = marks[keep], mean[keep], band[:, keep]
-            line, = ax.plot(marks, mean, label=f"{found.arm.label} (n={len(found.curves)})",
-                            ls="-" if found.arm.family == "model-based" else "--")
-            ax.fill_between(marks, band[0], band[1], color=line.get_color(), alpha=0.2)
+            color = f"C{list(ARMS).index(name)}"  # one colour per arm across both tasks and both plots
+            ax.plot(marks, mean, color=color, label=f"{found.arm.label} (n={len(found.curves)})",
+                    ls="-" if found.arm.family == "model-based" else "--")
+            ax.fill_between(marks, band[0], band[1], color=color, alpha=0.2)
             if log_x and name == REFERENCE_ARM:
                 reference = found.values_at(REFERENCE_STEPS, column)
                 if len(reference):
-                    ax.axhline(reference.mean(), color=line.get_color(), ls=":", lw=1)
+                    ax.axhline(reference.mean(), color=color, ls=":", lw=1)
         if log_x:
             ax.set_xscale("log")
         ax.set_title(f"{task} (horizon {HORIZON})")
