@@ -254,6 +254,12 @@ class ArmCurves:
     def unfinished(self) -> list[int]:
         return sorted(s for s in self.curves if s not in self.finished)
 
+    def drawn(self) -> ArmCurves:
+        """The seeds a plot draws: the finished ones once any is (a seed still running would cut the mean curve off
+        at its last mark), else every seed, over the marks all of them have reached."""
+        keep = self.finished or list(self.curves)
+        return ArmCurves(self.arm, self.task, {seed: self.curves[seed] for seed in keep}, self.budget)
+
     def values_at(self, steps: int, column: str) -> np.ndarray:
         """[n_seeds] the column at exactly ``steps`` real steps, over the seeds whose curve has that mark."""
         return np.array([row[column] for rows in self.curves.values() for row in rows if row["real_steps"] == steps])
@@ -394,7 +400,7 @@ def plot(out: Path, tasks: list[str], column: str, log_x: bool, steps: int | Non
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.5), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         curves = load_curves(out, task, steps)
-        for name, found in curves.items():
+        for name, found in ((name, all_seeds.drawn()) for name, all_seeds in curves.items()):
             marks, mean, band = found.mean_curve(column)
             keep = marks > 0 if log_x else marks <= REFERENCE_STEPS  # log-x: the untrained policy has no place
             marks, mean, band = marks[keep], mean[keep], band[:, keep]

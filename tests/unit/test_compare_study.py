@@ -64,6 +64,16 @@ def test_steps_to_reach_reads_the_seed_mean_at_marks_every_seed_has() -> None:
     np.testing.assert_allclose(curves.values_at(100_000, "return_det"), [300.0, 300.0])
 
 
+def test_plots_draw_the_finished_seeds_once_any_is_finished() -> None:
+    marks = [0, 50_000, 100_000]
+    partial = _curves({0: [0.0, 100.0, 300.0], 1: [0.0, 300.0]}, marks)
+    drawn_marks, mean, _ = partial.drawn().mean_curve("return_det")
+    np.testing.assert_array_equal(drawn_marks, marks)  # seed 1, still running, does not cut the curve at 50k
+    np.testing.assert_allclose(mean, [0.0, 100.0, 300.0])
+    running = _curves({0: [0.0, 100.0], 1: [0.0, 300.0]}, marks)
+    assert sorted(running.drawn().curves) == [0, 1]  # none finished: every seed, over the marks all reached
+
+
 def test_a_checkpoint_of_another_run_is_not_resumed(tmp_path: Path) -> None:
     spec = compare.run_spec(compare.ARMS["ppo"], "Hopper-v5", 0, tmp_path, steps=2_000, mark_every=1_000)
     curve = eval_protocol.CurveLog(spec.curve_path)
