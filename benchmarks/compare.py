@@ -400,7 +400,8 @@ def plot(out: Path, tasks: list[str], column: str, log_x: bool, steps: int | Non
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.5), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         curves = load_curves(out, task, steps)
-        for name, found in ((name, all_seeds.drawn()) for name, all_seeds in curves.items()):
+        for name, all_seeds in curves.items():
+            found = all_seeds.drawn()
             marks, mean, band = found.mean_curve(column)
             keep = marks > 0 if log_x else marks <= REFERENCE_STEPS  # log-x: the untrained policy has no place
             marks, mean, band = marks[keep], mean[keep], band[:, keep]
